@@ -1,0 +1,501 @@
+//! Connection, pool and store settings.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::config::{Host, SslMode};
+
+use crate::error::{Error, InvalidInput, truncate};
+
+/// Default schema holding the table: `public`.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// Default table name: `states_store`, as in eGo's DDL.
+pub const DEFAULT_TABLE: &str = "states_store";
+/// Default maximum number of pooled connections: 4, as in eGo's store.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4;
+/// Default number of idle connections the pool keeps open: 0.
+pub const DEFAULT_MIN_IDLE_CONNECTIONS: u32 = 0;
+/// Default age after which a connection is closed when it returns to the pool: 1 hour.
+pub const DEFAULT_MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// Default time after which an idle connection beyond the minimum is closed: 30 minutes.
+pub const DEFAULT_MAX_CONNECTION_IDLE_TIME: Duration = Duration::from_secs(30 * 60);
+/// Default period of the pool's housekeeping (idle and lifetime reaping): 1 minute.
+pub const DEFAULT_HEALTH_CHECK_PERIOD: Duration = Duration::from_secs(60);
+/// Default time a call waits for a pooled connection before failing: 5 seconds.
+pub const DEFAULT_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `application_name` reported to the server: `durablestore-postgres`.
+pub const DEFAULT_APPLICATION_NAME: &str = "durablestore-postgres";
+
+/// PostgreSQL's limit on identifier length (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// How `WriteState` treats the version already stored for an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum VersionCheck {
+    /// A write of version *v* succeeds only when no row exists and *v* = 1, or when the stored
+    /// version is *v − 1*. Re-sending exactly what is stored is a no-op success. Anything else
+    /// is [`Error::VersionConflict`] and writes nothing. This is the default.
+    #[default]
+    Sequential,
+    /// Last writer wins, as in eGo's Go store: every write overwrites the row, whatever its
+    /// version. **Risk:** two writers of one entity (a split brain, a retried stale command)
+    /// silently overwrite each other, and a version can go backwards. Use only while migrating
+    /// from a store that behaved this way.
+    Unchecked,
+}
+
+/// A validated SQL identifier (schema or table name), stored unquoted.
+///
+/// Only plain identifiers are accepted: a letter or `_`, then letters, digits, `_` or `$`, at
+/// most 63 bytes. They are always double-quoted in SQL, so case is preserved.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Identifier(String);
+
+impl Identifier {
+    pub(crate) fn parse(kind: &'static str, name: &str) -> Result<Self, InvalidInput> {
+        let reject = |reason| InvalidInput::InvalidIdentifier {
+            kind,
+            name: truncate(name, 100),
+            reason,
+        };
+        let mut chars = name.chars();
+        match chars.next() {
+            None => return Err(reject("it is empty")),
+            Some(c) if !(c.is_alphabetic() || c == '_') => {
+                return Err(reject("it must start with a letter or `_`"));
+            }
+            Some(_) => {}
+        }
+        if name.len() > MAX_IDENTIFIER_LEN {
+            return Err(reject("it is longer than 63 bytes"));
+        }
+        if !chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            return Err(reject(
+                "only letters, digits, `_` and `$` are allowed (no quotes, dots or spaces)",
+            ));
+        }
+        Ok(Identifier(name.to_owned()))
+    }
+
+    /// The identifier as SQL text, double-quoted. Validation rules out `"` so no escaping is
+    /// needed, but it is done anyway so quoting never depends on validation.
+    pub(crate) fn quoted(&self) -> String {
+        format!("\"{}\"", self.0.replace('"', "\"\""))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Settings of a [`DurableStoreActor`](crate::DurableStoreActor): where the database is, how
+/// the pool behaves, and which table holds the states.
+///
+/// Connection settings are a [`tokio_postgres::Config`], so every connection string that
+/// tokio-postgres accepts works here: `postgres://user:pass@host:5432/db?sslmode=disable`, a
+/// libpq `key=value` string, multiple hosts with `target_session_attrs=read-write`. The pool and
+/// store settings are set with the builder methods, each of which documents its default.
+///
+/// `Debug` never prints the password.
+///
+/// ```
+/// use std::time::Duration;
+/// use durablestore_postgres::Config;
+///
+/// let config: Config = "postgres://postgres@127.0.0.1:5432/postgres".parse()?;
+/// let config = config
+///     .schema("billing")?
+///     .max_connections(8)
+///     .checkout_timeout(Duration::from_secs(2));
+/// assert_eq!(config.get_schema(), "billing");
+/// # Ok::<(), durablestore_postgres::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) schema: Identifier,
+    pub(crate) table: Identifier,
+    pub(crate) max_connections: u32,
+    pub(crate) min_idle_connections: u32,
+    pub(crate) max_connection_lifetime: Duration,
+    pub(crate) max_connection_idle_time: Duration,
+    pub(crate) health_check_period: Duration,
+    pub(crate) checkout_timeout: Duration,
+    pub(crate) version_check: VersionCheck,
+}
+
+impl Config {
+    /// A configuration for one host, with every other setting at its default.
+    ///
+    /// Mirrors eGo's `NewConfig(host, port, user, password, dbName)`. An empty password means
+    /// none is sent.
+    pub fn new(host: &str, port: u16, user: &str, password: &str, database: &str) -> Self {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(host).port(port).user(user).dbname(database);
+        if !password.is_empty() {
+            pg.password(password);
+        }
+        Self::from_pg_config(pg)
+    }
+
+    /// Wraps a fully configured [`tokio_postgres::Config`] (hosts, TLS mode, keepalives,
+    /// `target_session_attrs`...). The application name defaults to
+    /// [`DEFAULT_APPLICATION_NAME`] when it has none, and the SSL mode to `disable` when the
+    /// config left it at tokio-postgres's default (`prefer`, which without a TLS connector is
+    /// the same thing).
+    pub fn from_pg_config(mut pg: tokio_postgres::Config) -> Self {
+        if pg.get_application_name().is_none() {
+            pg.application_name(DEFAULT_APPLICATION_NAME);
+        }
+        if pg.get_ssl_mode() == SslMode::Prefer {
+            pg.ssl_mode(SslMode::Disable);
+        }
+        Config {
+            pg,
+            schema: Identifier(DEFAULT_SCHEMA.to_owned()),
+            table: Identifier(DEFAULT_TABLE.to_owned()),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            min_idle_connections: DEFAULT_MIN_IDLE_CONNECTIONS,
+            max_connection_lifetime: DEFAULT_MAX_CONNECTION_LIFETIME,
+            max_connection_idle_time: DEFAULT_MAX_CONNECTION_IDLE_TIME,
+            health_check_period: DEFAULT_HEALTH_CHECK_PERIOD,
+            checkout_timeout: DEFAULT_CHECKOUT_TIMEOUT,
+            version_check: VersionCheck::default(),
+        }
+    }
+
+    /// Parses the `DATABASE_URL` environment variable (see [`Config::from_str`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the variable is unset or does not parse.
+    pub fn from_env() -> Result<Self, Error> {
+        let url = std::env::var("DATABASE_URL").map_err(|_| {
+            Error::InvalidConfig(
+                "DATABASE_URL is not set; set it to e.g. postgres://postgres@127.0.0.1:5432/postgres"
+                    .to_owned(),
+            )
+        })?;
+        url.parse()
+    }
+
+    /// The schema holding the table. Must be a plain identifier (see [`Config::table`]).
+    ///
+    /// Defaults to [`DEFAULT_SCHEMA`] (`public`).
+    ///
+    /// # Errors
+    /// [`InvalidInput::InvalidIdentifier`] for anything but a plain identifier.
+    pub fn schema(mut self, schema: &str) -> Result<Self, Error> {
+        self.schema = Identifier::parse("schema", schema)?;
+        Ok(self)
+    }
+
+    /// The table holding the states. A letter or `_`, then letters, digits, `_` or `$`, at most
+    /// 63 bytes; it is always quoted in SQL, so it is case-sensitive. Names with quotes, dots
+    /// or spaces are rejected rather than escaped.
+    ///
+    /// Defaults to [`DEFAULT_TABLE`] (`states_store`).
+    ///
+    /// # Errors
+    /// [`InvalidInput::InvalidIdentifier`] for anything but a plain identifier.
+    pub fn table(mut self, table: &str) -> Result<Self, Error> {
+        self.table = Identifier::parse("table", table)?;
+        Ok(self)
+    }
+
+    /// Maximum number of pooled connections, and so of statements in flight at once.
+    ///
+    /// Defaults to [`DEFAULT_MAX_CONNECTIONS`] (4).
+    #[must_use]
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Number of idle connections the pool keeps open.
+    ///
+    /// Defaults to [`DEFAULT_MIN_IDLE_CONNECTIONS`] (0).
+    #[must_use]
+    pub fn min_idle_connections(mut self, min: u32) -> Self {
+        self.min_idle_connections = min;
+        self
+    }
+
+    /// Age after which a connection is closed instead of returning to the pool;
+    /// `Duration::ZERO` keeps connections forever.
+    ///
+    /// Defaults to [`DEFAULT_MAX_CONNECTION_LIFETIME`] (1 hour).
+    #[must_use]
+    pub fn max_connection_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_connection_lifetime = lifetime;
+        self
+    }
+
+    /// Time after which an idle connection beyond the minimum is closed; `Duration::ZERO`
+    /// never closes idle connections.
+    ///
+    /// Defaults to [`DEFAULT_MAX_CONNECTION_IDLE_TIME`] (30 minutes).
+    #[must_use]
+    pub fn max_connection_idle_time(mut self, idle: Duration) -> Self {
+        self.max_connection_idle_time = idle;
+        self
+    }
+
+    /// Period of the pool's housekeeping: idle and expired connections are closed, and missing
+    /// idle connections opened, this often. A broken connection is detected without a round trip
+    /// whenever it is checked out or returned, so it is never handed to a statement.
+    ///
+    /// Defaults to [`DEFAULT_HEALTH_CHECK_PERIOD`] (1 minute).
+    #[must_use]
+    pub fn health_check_period(mut self, period: Duration) -> Self {
+        self.health_check_period = period;
+        self
+    }
+
+    /// How long a call waits for a pooled connection (including establishing one) before it
+    /// fails with [`Error::PoolTimeout`] or, when connection attempts failed meanwhile,
+    /// [`Error::Unavailable`]. Authentication failures and unknown databases are reported as
+    /// soon as they happen, without waiting for the timeout.
+    ///
+    /// Defaults to [`DEFAULT_CHECKOUT_TIMEOUT`] (5 seconds).
+    #[must_use]
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.checkout_timeout = timeout;
+        self
+    }
+
+    /// How writes treat the stored version.
+    ///
+    /// Defaults to [`VersionCheck::Sequential`].
+    #[must_use]
+    pub fn version_check(mut self, check: VersionCheck) -> Self {
+        self.version_check = check;
+        self
+    }
+
+    /// The `application_name` reported to the server (visible in `pg_stat_activity`).
+    ///
+    /// Defaults to [`DEFAULT_APPLICATION_NAME`].
+    #[must_use]
+    pub fn application_name(mut self, name: &str) -> Self {
+        self.pg.application_name(name);
+        self
+    }
+
+    /// The connection settings.
+    pub fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.pg
+    }
+
+    /// The schema name, unquoted.
+    pub fn get_schema(&self) -> &str {
+        self.schema.as_str()
+    }
+
+    /// The table name, unquoted.
+    pub fn get_table(&self) -> &str {
+        self.table.as_str()
+    }
+
+    /// The maximum number of pooled connections.
+    pub fn get_max_connections(&self) -> u32 {
+        self.max_connections
+    }
+
+    /// The checkout timeout.
+    pub fn get_checkout_timeout(&self) -> Duration {
+        self.checkout_timeout
+    }
+
+    /// The version rule of writes.
+    pub fn get_version_check(&self) -> VersionCheck {
+        self.version_check
+    }
+
+    /// Checks everything that would otherwise fail later (or make bb8 panic) and reports it as
+    /// one typed error.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let invalid = |msg: &str| Err(Error::InvalidConfig(msg.to_owned()));
+        if self.pg.get_hosts().is_empty() {
+            return invalid("no host given");
+        }
+        if self.pg.get_user().is_none() {
+            return invalid("no user given");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1");
+        }
+        if self.min_idle_connections > self.max_connections {
+            return invalid("min_idle_connections must not exceed max_connections");
+        }
+        if self.checkout_timeout.is_zero() {
+            return invalid("checkout_timeout must be greater than zero");
+        }
+        if self.health_check_period.is_zero() {
+            return invalid("health_check_period must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Config {
+    type Err = Error;
+
+    /// Parses a `postgres://` URL or a libpq `key=value` string, exactly as
+    /// [`tokio_postgres::Config`] does; store and pool settings take their defaults.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        // tokio-postgres's parse error says only "invalid connection string"; its source says
+        // what is wrong, and neither echoes the input, which could hold a password.
+        let pg = tokio_postgres::Config::from_str(s).map_err(|e| {
+            let reason = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            Error::InvalidConfig(format!("connection string: {reason}"))
+        })?;
+        Ok(Self::from_pg_config(pg))
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hosts: Vec<String> = self
+            .pg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        f.debug_struct("Config")
+            .field("hosts", &hosts)
+            .field("ports", &self.pg.get_ports())
+            .field("database", &self.pg.get_dbname())
+            .field("user", &self.pg.get_user())
+            .field("password", &self.pg.get_password().map(|_| "<redacted>"))
+            .field("ssl_mode", &self.pg.get_ssl_mode())
+            .field("application_name", &self.pg.get_application_name())
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .field("max_connections", &self.max_connections)
+            .field("min_idle_connections", &self.min_idle_connections)
+            .field("max_connection_lifetime", &self.max_connection_lifetime)
+            .field("max_connection_idle_time", &self.max_connection_idle_time)
+            .field("health_check_period", &self.health_check_period)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("version_check", &self.version_check)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_url_and_keeps_defaults() {
+        let c: Config = "postgres://alice:s3cret@db.example:6543/shop"
+            .parse()
+            .unwrap();
+        assert_eq!(c.pg.get_user(), Some("alice"));
+        assert_eq!(c.pg.get_dbname(), Some("shop"));
+        assert_eq!(c.pg.get_ports(), &[6543]);
+        assert_eq!(c.pg.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(c.get_schema(), DEFAULT_SCHEMA);
+        assert_eq!(c.get_table(), DEFAULT_TABLE);
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.min_idle_connections, 0);
+        assert_eq!(c.max_connection_lifetime, Duration::from_secs(3600));
+        assert_eq!(c.max_connection_idle_time, Duration::from_secs(1800));
+        assert_eq!(c.health_check_period, Duration::from_secs(60));
+        assert_eq!(c.version_check, VersionCheck::Sequential);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn parses_key_value_and_multi_host() {
+        let c: Config = "host=a,b port=5432,5433 user=u dbname=d target_session_attrs=read-write"
+            .parse()
+            .unwrap();
+        assert_eq!(c.pg.get_hosts().len(), 2);
+        assert_eq!(c.pg.get_ports(), &[5432, 5433]);
+    }
+
+    #[test]
+    fn bad_connection_string_is_typed_and_does_not_echo_password() {
+        let err = "postgres://u:hunter2@h:notaport/d"
+            .parse::<Config>()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"));
+        assert!(!format!("{err:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn debug_redacts_password() {
+        let c = Config::new("h", 5432, "u", "hunter2", "d");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("<redacted>"), "{dbg}");
+    }
+
+    #[test]
+    fn identifiers_are_validated() {
+        let c = Config::new("h", 5432, "u", "", "d");
+        for bad in [
+            "",
+            "x\"; DROP TABLE y; --",
+            "a.b",
+            "with space",
+            "1abc",
+            &"a".repeat(64),
+            "a\0b",
+        ] {
+            let err = c.clone().table(bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidInput(InvalidInput::InvalidIdentifier { kind: "table", .. })
+                ),
+                "{bad:?}: {err:?}"
+            );
+            assert!(c.clone().schema(bad).is_err());
+        }
+        for good in ["states_store", "Tenant_1", "_x$", &"a".repeat(63), "état"] {
+            assert!(c.clone().table(good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            Identifier::parse("t", "MyTable").unwrap().quoted(),
+            "\"MyTable\""
+        );
+    }
+
+    #[test]
+    fn validate_rejects_what_would_panic_in_bb8() {
+        let base = Config::new("h", 5432, "u", "", "d");
+        assert!(base.clone().max_connections(0).validate().is_err());
+        assert!(base.clone().min_idle_connections(5).validate().is_err());
+        assert!(
+            base.clone()
+                .checkout_timeout(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            base.clone()
+                .health_check_period(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        let no_host: Config = "user=u dbname=d".parse().unwrap();
+        assert!(matches!(no_host.validate(), Err(Error::InvalidConfig(_))));
+    }
+}

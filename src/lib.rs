@@ -1,0 +1,65 @@
+//! Durable state for actix actors, kept in PostgreSQL.
+//!
+//! A [`DurableStoreActor`] owns (or borrows) a bb8 pool of tokio-postgres connections and keeps
+//! the latest state of each entity in one row of the table `states_store`
+//! (`resources/durablestore_postgres.sql`). Entity actors talk to it with typed messages:
+//! [`WriteState`] (a version-checked upsert), [`GetLatestState`], [`Ping`], [`CreateSchema`]
+//! and [`Disconnect`]. States are [`DurableState`] messages, wire-compatible with eGo's
+//! `ego.v1.DurableState`, and rows written by eGo's Go PostgreSQL store are read as they are.
+//!
+//! ```no_run
+//! use actix::Actor;
+//! use durablestore_postgres::{
+//!     Config, CreateSchema, DurableState, DurableStoreActor, GetLatestState, WriteState,
+//! };
+//!
+//! #[actix::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let config: Config = "postgres://postgres@127.0.0.1:5432/postgres".parse()?;
+//!     let store = DurableStoreActor::new(config.schema("quickstart")?)?.start();
+//!     store.send(CreateSchema).await??;
+//!
+//!     // Any prost message with `prost::Name` can be a state.
+//!     let state = prost_types::Duration { seconds: 1, nanos: 0 };
+//!     store.send(WriteState(DurableState::new("entity-1", 1, &state))).await??;
+//!
+//!     let latest = store.send(GetLatestState("entity-1".into())).await??;
+//!     let read: prost_types::Duration = latest.expect("just written").decode_state()?;
+//!     assert_eq!(read, state);
+//!     Ok(())
+//! }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod config;
+mod error;
+mod messages;
+mod pool;
+mod sql;
+mod state;
+mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use crate::config::{
+    Config, DEFAULT_APPLICATION_NAME, DEFAULT_CHECKOUT_TIMEOUT, DEFAULT_HEALTH_CHECK_PERIOD,
+    DEFAULT_MAX_CONNECTION_IDLE_TIME, DEFAULT_MAX_CONNECTION_LIFETIME, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MIN_IDLE_CONNECTIONS, DEFAULT_SCHEMA, DEFAULT_TABLE, VersionCheck,
+};
+pub use crate::error::{Error, InvalidInput};
+pub use crate::messages::{
+    CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState,
+};
+pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN};
+pub use crate::store::DurableStoreActor;
+
+/// The DDL of the table, exactly as shipped in `resources/durablestore_postgres.sql`.
+pub const DDL: &str = crate::sql::DDL;
+
+pub use {actix, bb8, bb8_postgres, prost, prost_types, tokio_postgres};
+
+/// The README's examples, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

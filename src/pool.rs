@@ -1,0 +1,213 @@
+//! The connection pool behind a store: an owned bb8 pool built from a [`Config`], or a caller's
+//! pool, behind one checkout that reports *why* no connection could be had.
+
+use std::future::Future;
+use std::ops::DerefMut;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bb8::{ErrorSink, RunError};
+use bb8_postgres::PostgresConnectionManager;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Socket};
+
+use crate::config::Config;
+use crate::error::{DisplayPg, Error};
+
+/// A checked-out connection; returns to its pool when dropped.
+pub(crate) type PooledClient = Box<dyn DerefMut<Target = Client> + Send>;
+
+type GetFuture<'a> = Pin<
+    Box<dyn Future<Output = Result<PooledClient, RunError<tokio_postgres::Error>>> + Send + 'a>,
+>;
+
+/// A bb8 pool of any TLS flavour, with the TLS type erased so the store actor is not generic.
+trait Source: Send + Sync {
+    fn get(&self) -> GetFuture<'_>;
+}
+
+impl<T> Source for bb8::Pool<PostgresConnectionManager<T>>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    fn get(&self) -> GetFuture<'_> {
+        Box::pin(async move {
+            let conn = self.get_owned().await?;
+            Ok(Box::new(conn) as PooledClient)
+        })
+    }
+}
+
+/// Where a store's connections come from.
+#[derive(Clone)]
+pub(crate) struct Connections {
+    source: Arc<dyn Source>,
+    /// Connection errors of an owned pool; a borrowed pool's errors go to its own sink.
+    errors: Option<ConnectErrors>,
+    checkout_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("owned", &self.errors.is_some())
+            .field("checkout_timeout", &self.checkout_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connections {
+    /// Builds an owned pool from `config`. Opens no connection: the first checkout does (or the
+    /// pool's housekeeping, when `min_idle_connections > 0`). Must run inside a Tokio runtime.
+    pub(crate) fn build(config: &Config) -> Result<Self, Error> {
+        config.validate()?;
+        let errors = ConnectErrors::default();
+        let manager = PostgresConnectionManager::new(config.pg.clone(), tokio_postgres::NoTls);
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        let pool = bb8::Pool::builder()
+            .max_size(config.max_connections)
+            .min_idle(Some(config.min_idle_connections).filter(|&n| n > 0))
+            .max_lifetime(nonzero(config.max_connection_lifetime))
+            .idle_timeout(nonzero(config.max_connection_idle_time))
+            .reaper_rate(config.health_check_period)
+            .connection_timeout(config.checkout_timeout)
+            // A round trip per checkout would double the latency of every write; a dead
+            // connection is caught by `Client::is_closed` (bb8's `has_broken`) instead.
+            .test_on_check_out(false)
+            .error_sink(Box::new(errors.clone()))
+            .build_unchecked(manager);
+        Ok(Connections {
+            source: Arc::new(pool),
+            errors: Some(errors),
+            checkout_timeout: config.checkout_timeout,
+        })
+    }
+
+    /// Uses a caller's pool; the caller keeps ownership and its settings.
+    pub(crate) fn borrow<T>(pool: bb8::Pool<PostgresConnectionManager<T>>) -> Self
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + Sync,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        Connections {
+            checkout_timeout: pool.config().connection_timeout,
+            source: Arc::new(pool),
+            errors: None,
+        }
+    }
+
+    /// Checks out a connection.
+    ///
+    /// # Errors
+    /// - [`Error::Unavailable`] as soon as a connection attempt fails for a reason waiting won't
+    ///   fix (authentication, unknown database), or at the timeout when attempts failed meanwhile;
+    /// - [`Error::PoolTimeout`] at the timeout when no attempt failed (all connections busy).
+    pub(crate) async fn get(&self) -> Result<PooledClient, Error> {
+        let started = Instant::now();
+        let fatal = async {
+            match &self.errors {
+                Some(errors) => errors.fatal_since(started).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = self.source.get() => match result {
+                Ok(client) => Ok(client),
+                Err(RunError::User(source)) => Err(Error::Unavailable { source: Arc::new(source) }),
+                Err(RunError::TimedOut) => Err(match self.errors.as_ref().and_then(|e| e.latest_since(started)) {
+                    Some(source) => Error::Unavailable { source },
+                    None => Error::PoolTimeout { timeout: self.checkout_timeout },
+                }),
+            },
+            source = fatal => Err(Error::Unavailable { source }),
+        }
+    }
+}
+
+/// bb8's error sink for an owned pool: bb8 reports connection failures only here (its `get`
+/// only ever says "timed out"), so the last one is kept to explain a failed checkout.
+#[derive(Clone, Default)]
+struct ConnectErrors {
+    inner: Arc<ErrorsInner>,
+}
+
+#[derive(Default)]
+struct ErrorsInner {
+    last: Mutex<Option<(Instant, Arc<tokio_postgres::Error>)>>,
+    fatal: Notify,
+}
+
+impl std::fmt::Debug for ConnectErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectErrors")
+    }
+}
+
+impl ConnectErrors {
+    fn last(&self) -> Option<(Instant, Arc<tokio_postgres::Error>)> {
+        // A poisoned lock only means another thread panicked mid-assignment of an Option;
+        // the value is still a valid Option.
+        self.inner
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn latest_since(&self, since: Instant) -> Option<Arc<tokio_postgres::Error>> {
+        self.last()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, error)| error)
+    }
+
+    /// Resolves with the first non-retryable connection error recorded at or after `since`.
+    async fn fatal_since(&self, since: Instant) -> Arc<tokio_postgres::Error> {
+        loop {
+            let notified = self.inner.fatal.notified();
+            tokio::pin!(notified);
+            // Register before checking, so an error recorded in between is not missed.
+            notified.as_mut().enable();
+            if let Some(error) = self.latest_since(since).filter(|e| is_fatal(e)) {
+                return error;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Connection errors that retrying within the checkout timeout cannot fix.
+fn is_fatal(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        let code = code.code();
+        // 28: invalid authorization (wrong password, no pg_hba entry); 3D000: no such database.
+        code.starts_with("28") || code == "3D000"
+    })
+}
+
+impl ErrorSink<tokio_postgres::Error> for ConnectErrors {
+    fn sink(&self, error: tokio_postgres::Error) {
+        tracing::warn!(error = %DisplayPg(&error), "durable store connection attempt failed");
+        let fatal = is_fatal(&error);
+        *self
+            .inner
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((Instant::now(), Arc::new(error)));
+        if fatal {
+            self.inner.fatal.notify_waiters();
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
+}

@@ -1,0 +1,493 @@
+//! The durable state message and its mapping to a table row.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::{Message, Name};
+use prost_types::Any;
+
+use crate::error::{Error, InvalidInput, truncate};
+
+/// Longest persistence id, in bytes (`VARCHAR(255)`; counting bytes keeps the rule the same
+/// for every encoding).
+pub const MAX_PERSISTENCE_ID_LEN: usize = 255;
+
+/// Longest manifest (fully qualified protobuf name) the `state_manifest` column holds.
+const MAX_MANIFEST_LEN: usize = 255;
+
+/// The type URL prefix protobuf uses for `Any`; states with it are stored in the native row
+/// format.
+const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
+
+/// Manifest of rows written by eGo's Go store: the payload is a serialized `Any`.
+const ANY_MANIFEST: &str = "google.protobuf.Any";
+
+/// The latest state of one entity, wire-compatible with eGo's `ego.v1.DurableState`
+/// (fields 1, 2, 3, 5 and 6).
+///
+/// Build one with [`DurableState::new`] from any prost message that implements
+/// [`prost::Name`], and read it back with [`DurableState::decode_state`]: neither touches
+/// `Any` by hand.
+///
+/// ```
+/// use durablestore_postgres::DurableState;
+///
+/// // Any prost message with a `prost::Name` works; a well-known type keeps the example short.
+/// let balance = prost_types::Duration { seconds: 42, nanos: 0 };
+/// let state = DurableState::new("account-1", 1, &balance).with_shard(3);
+/// assert_eq!(state.state_type(), Some("google.protobuf.Duration"));
+/// let back: prost_types::Duration = state.decode_state()?;
+/// assert_eq!(back, balance);
+/// # Ok::<(), durablestore_postgres::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Message)]
+pub struct DurableState {
+    /// The entity's unique id (1 to 255 bytes, no NUL).
+    #[prost(string, tag = "1")]
+    pub persistence_id: String,
+    /// The state's version: 1 for the first state, then +1 per change.
+    #[prost(uint64, tag = "2")]
+    pub version_number: u64,
+    /// The state itself, as a protobuf `Any`.
+    #[prost(message, optional, tag = "3")]
+    pub resulting_state: Option<Any>,
+    /// When the state was produced, in Unix milliseconds.
+    #[prost(int64, tag = "5")]
+    pub timestamp: i64,
+    /// The shard the entity belongs to.
+    #[prost(uint64, tag = "6")]
+    pub shard: u64,
+}
+
+impl Name for DurableState {
+    const NAME: &'static str = "DurableState";
+    const PACKAGE: &'static str = "ego.v1";
+}
+
+impl DurableState {
+    /// A state of `persistence_id` at `version_number` holding `state` under the type URL
+    /// `type.googleapis.com/<full name>`, stamped with the current time and shard 0 (see
+    /// [`DurableState::with_shard`], [`DurableState::with_timestamp`]).
+    pub fn new<M: Message + Name>(
+        persistence_id: impl Into<String>,
+        version_number: u64,
+        state: &M,
+    ) -> Self {
+        DurableState {
+            persistence_id: persistence_id.into(),
+            version_number,
+            resulting_state: Some(Any {
+                // The standard prefix, as Go's `anypb.New` writes it (prost's default `Name`
+                // type URL is a bare `/name`).
+                type_url: format!("{TYPE_URL_PREFIX}{}", M::full_name()),
+                value: state.encode_to_vec(),
+            }),
+            timestamp: now_millis(),
+            shard: 0,
+        }
+    }
+
+    /// Sets the shard number.
+    #[must_use]
+    pub fn with_shard(mut self, shard: u64) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// Sets the timestamp (Unix milliseconds).
+    #[must_use]
+    pub fn with_timestamp(mut self, timestamp_millis: i64) -> Self {
+        self.timestamp = timestamp_millis;
+        self
+    }
+
+    /// The fully qualified protobuf name of the held state (e.g. `acme.billing.AccountState`),
+    /// or `None` when there is no state.
+    pub fn state_type(&self) -> Option<&str> {
+        self.resulting_state
+            .as_ref()
+            .map(|any| type_name(&any.type_url))
+    }
+
+    /// Decodes the held state as `M`.
+    ///
+    /// # Errors
+    /// - [`Error::StateTypeMismatch`] when the held state is of another type;
+    /// - [`Error::Decode`] when its bytes are not a valid `M`;
+    /// - [`Error::InvalidInput`] ([`InvalidInput::MissingState`]) when there is no state.
+    pub fn decode_state<M: Message + Name + Default>(&self) -> Result<M, Error> {
+        let any = self
+            .resulting_state
+            .as_ref()
+            .ok_or_else(|| InvalidInput::MissingState {
+                persistence_id: self.persistence_id.clone(),
+            })?;
+        let found = type_name(&any.type_url);
+        let expected = M::full_name();
+        if found != expected {
+            return Err(Error::StateTypeMismatch {
+                persistence_id: self.persistence_id.clone(),
+                expected,
+                found: found.to_owned(),
+            });
+        }
+        M::decode(any.value.as_slice()).map_err(|source| Error::Decode {
+            persistence_id: self.persistence_id.clone(),
+            type_name: expected,
+            source,
+        })
+    }
+}
+
+/// The current time in Unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The part of a type URL after its last `/`, which protobuf defines as the type's full name.
+fn type_name(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
+
+/// True for a fully qualified protobuf name: dot-separated identifiers.
+fn is_full_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_MANIFEST_LEN
+        && name.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// Checks a persistence id against what the column can hold.
+pub(crate) fn validate_persistence_id(id: &str) -> Result<(), InvalidInput> {
+    if id.is_empty() {
+        return Err(InvalidInput::EmptyPersistenceId);
+    }
+    if id.len() > MAX_PERSISTENCE_ID_LEN {
+        return Err(InvalidInput::PersistenceIdTooLong {
+            len: id.len(),
+            max: MAX_PERSISTENCE_ID_LEN,
+        });
+    }
+    if id.contains('\0') {
+        return Err(InvalidInput::PersistenceIdContainsNul);
+    }
+    Ok(())
+}
+
+/// One row of the table, as bound to or read from SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StateRow {
+    pub persistence_id: String,
+    pub version_number: i64,
+    pub state_payload: Vec<u8>,
+    pub state_manifest: String,
+    pub timestamp: i64,
+    pub shard_number: i64,
+}
+
+impl StateRow {
+    /// Validates `state` and lays it out as a row.
+    ///
+    /// A state whose type URL has the standard `type.googleapis.com/` prefix is stored natively:
+    /// its own bytes as payload, its full name as manifest. Any other prefix is stored as the
+    /// serialized `Any` under the `google.protobuf.Any` manifest (the Go store's format), so the
+    /// type URL reads back exactly as written.
+    pub(crate) fn encode(state: DurableState) -> Result<Self, InvalidInput> {
+        let DurableState {
+            persistence_id,
+            version_number,
+            resulting_state,
+            timestamp,
+            shard,
+        } = state;
+        validate_persistence_id(&persistence_id)?;
+        if version_number == 0 {
+            return Err(InvalidInput::VersionZero { persistence_id });
+        }
+        let version_number = match i64::try_from(version_number) {
+            Ok(v) => v,
+            Err(_) => {
+                return Err(InvalidInput::OutOfRange {
+                    persistence_id,
+                    field: "version_number",
+                    value: version_number,
+                });
+            }
+        };
+        let shard_number = match i64::try_from(shard) {
+            Ok(s) => s,
+            Err(_) => {
+                return Err(InvalidInput::OutOfRange {
+                    persistence_id,
+                    field: "shard",
+                    value: shard,
+                });
+            }
+        };
+        let Some(any) = resulting_state else {
+            return Err(InvalidInput::MissingState { persistence_id });
+        };
+        let name = type_name(&any.type_url);
+        if !is_full_name(name) || any.type_url.len() > MAX_MANIFEST_LEN + TYPE_URL_PREFIX.len() {
+            return Err(InvalidInput::InvalidTypeUrl {
+                persistence_id,
+                type_url: truncate(&any.type_url, 300),
+            });
+        }
+        let (state_manifest, state_payload) =
+            if any.type_url.strip_prefix(TYPE_URL_PREFIX) == Some(name) && name != ANY_MANIFEST {
+                (name.to_owned(), any.value)
+            } else {
+                (ANY_MANIFEST.to_owned(), any.encode_to_vec())
+            };
+        Ok(StateRow {
+            persistence_id,
+            version_number,
+            state_payload,
+            state_manifest,
+            timestamp,
+            shard_number,
+        })
+    }
+
+    /// Turns a stored row back into a state; accepts both the native and the Go store's format.
+    pub(crate) fn decode(self) -> Result<DurableState, Error> {
+        let corrupt = |reason: String| Error::CorruptState {
+            persistence_id: self.persistence_id.clone(),
+            reason,
+        };
+        let version_number = u64::try_from(self.version_number)
+            .map_err(|_| corrupt(format!("negative version_number {}", self.version_number)))?;
+        let shard = u64::try_from(self.shard_number)
+            .map_err(|_| corrupt(format!("negative shard_number {}", self.shard_number)))?;
+        let resulting_state = if self.state_manifest == ANY_MANIFEST {
+            let any = Any::decode(self.state_payload.as_slice())
+                .map_err(|e| corrupt(format!("payload is not a valid google.protobuf.Any: {e}")))?;
+            if !is_full_name(type_name(&any.type_url)) {
+                return Err(corrupt(format!(
+                    "stored Any has an invalid type URL `{}`",
+                    truncate(&any.type_url, 300)
+                )));
+            }
+            any
+        } else if is_full_name(&self.state_manifest) {
+            Any {
+                type_url: format!("{TYPE_URL_PREFIX}{}", self.state_manifest),
+                value: self.state_payload,
+            }
+        } else {
+            return Err(corrupt(format!(
+                "invalid state_manifest `{}`",
+                truncate(&self.state_manifest, 300)
+            )));
+        };
+        Ok(DurableState {
+            persistence_id: self.persistence_id,
+            version_number,
+            resulting_state: Some(resulting_state),
+            timestamp: self.timestamp,
+            shard,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DurableState {
+        DurableState::new(
+            "acct-1",
+            7,
+            &prost_types::Timestamp {
+                seconds: 5,
+                nanos: 6,
+            },
+        )
+        .with_timestamp(1_700_000_000_000)
+        .with_shard(9)
+    }
+
+    #[test]
+    fn wire_compatible_field_numbers() {
+        // Hand-encoded ego.v1.DurableState: id (1), version (2), Any (3), timestamp (5), shard (6).
+        let state = sample();
+        let bytes = state.encode_to_vec();
+        assert_eq!(bytes[0], 0x0a); // field 1, length-delimited
+        let decoded = DurableState::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded, state);
+        let tags: Vec<u8> = [0x0a, 0x10, 0x1a, 0x28, 0x30].to_vec();
+        for tag in tags {
+            assert!(bytes.contains(&tag), "tag {tag:#x} missing");
+        }
+        assert_eq!(DurableState::full_name(), "ego.v1.DurableState");
+    }
+
+    #[test]
+    fn native_row_round_trip() {
+        let state = sample();
+        let row = StateRow::encode(state.clone()).unwrap();
+        assert_eq!(row.state_manifest, "google.protobuf.Timestamp");
+        assert_eq!(
+            row.state_payload,
+            state.resulting_state.as_ref().unwrap().value
+        );
+        assert_eq!(row.decode().unwrap(), state);
+    }
+
+    #[test]
+    fn custom_type_url_prefix_round_trips_exactly() {
+        let mut state = sample();
+        state.resulting_state.as_mut().unwrap().type_url = "example.com/acme.Thing".into();
+        let row = StateRow::encode(state.clone()).unwrap();
+        assert_eq!(row.state_manifest, ANY_MANIFEST);
+        assert_eq!(row.decode().unwrap(), state);
+    }
+
+    #[test]
+    fn go_store_rows_are_read() {
+        let any = Any {
+            type_url: "type.googleapis.com/acme.billing.AccountState".into(),
+            value: vec![8, 1],
+        };
+        let row = StateRow {
+            persistence_id: "go".into(),
+            version_number: 3,
+            state_payload: any.encode_to_vec(),
+            state_manifest: ANY_MANIFEST.into(),
+            timestamp: 11,
+            shard_number: 2,
+        };
+        let state = row.decode().unwrap();
+        assert_eq!(state.resulting_state, Some(any));
+        assert_eq!(state.state_type(), Some("acme.billing.AccountState"));
+    }
+
+    #[test]
+    fn corrupt_rows_are_typed_errors() {
+        let base = StateRow::encode(sample()).unwrap();
+        let cases = [
+            StateRow {
+                version_number: -1,
+                ..base.clone()
+            },
+            StateRow {
+                shard_number: -5,
+                ..base.clone()
+            },
+            StateRow {
+                state_manifest: String::new(),
+                ..base.clone()
+            },
+            StateRow {
+                state_manifest: "no spaces allowed".into(),
+                ..base.clone()
+            },
+            StateRow {
+                state_manifest: ANY_MANIFEST.into(),
+                state_payload: vec![0xff, 0xff, 0xff],
+                ..base.clone()
+            },
+            StateRow {
+                state_manifest: ANY_MANIFEST.into(),
+                state_payload: Any {
+                    type_url: String::new(),
+                    value: vec![],
+                }
+                .encode_to_vec(),
+                ..base.clone()
+            },
+        ];
+        for row in cases {
+            let err = row.clone().decode().unwrap_err();
+            assert!(
+                matches!(&err, Error::CorruptState { persistence_id, .. } if persistence_id == "acct-1"),
+                "{row:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_states_are_rejected() {
+        let ok = sample();
+        let with = |f: &dyn Fn(&mut DurableState)| {
+            let mut s = ok.clone();
+            f(&mut s);
+            StateRow::encode(s).unwrap_err()
+        };
+        assert_eq!(
+            with(&|s| s.persistence_id.clear()),
+            InvalidInput::EmptyPersistenceId
+        );
+        assert!(matches!(
+            with(&|s| s.persistence_id = "x".repeat(256)),
+            InvalidInput::PersistenceIdTooLong { len: 256, max: 255 }
+        ));
+        assert_eq!(
+            with(&|s| s.persistence_id = "a\0b".into()),
+            InvalidInput::PersistenceIdContainsNul
+        );
+        assert!(matches!(
+            with(&|s| s.version_number = 0),
+            InvalidInput::VersionZero { .. }
+        ));
+        assert!(matches!(
+            with(&|s| s.version_number = 1 << 63),
+            InvalidInput::OutOfRange {
+                field: "version_number",
+                ..
+            }
+        ));
+        assert!(matches!(
+            with(&|s| s.shard = u64::MAX),
+            InvalidInput::OutOfRange { field: "shard", .. }
+        ));
+        assert!(matches!(
+            with(&|s| s.resulting_state = None),
+            InvalidInput::MissingState { .. }
+        ));
+        for url in ["", "type.googleapis.com/", "garbage url", "x/1abc", "a..b"] {
+            assert!(
+                matches!(
+                    with(&|s| s.resulting_state.as_mut().unwrap().type_url = url.into()),
+                    InvalidInput::InvalidTypeUrl { .. }
+                ),
+                "{url:?}"
+            );
+        }
+        // 255 bytes is the limit, inclusive.
+        let mut max = ok.clone();
+        max.persistence_id = "é".repeat(127) + "x";
+        assert_eq!(max.persistence_id.len(), 255);
+        assert!(StateRow::encode(max).is_ok());
+    }
+
+    #[test]
+    fn typed_decode_reports_mismatch_and_garbage() {
+        let state = sample();
+        let err = state.decode_state::<prost_types::Duration>().unwrap_err();
+        assert!(
+            matches!(err, Error::StateTypeMismatch { ref found, .. } if found == "google.protobuf.Timestamp")
+        );
+        let mut garbage = state.clone();
+        garbage.resulting_state.as_mut().unwrap().value = vec![0xff];
+        assert!(matches!(
+            garbage.decode_state::<prost_types::Timestamp>(),
+            Err(Error::Decode { .. })
+        ));
+        assert_eq!(
+            state.decode_state::<prost_types::Timestamp>().unwrap(),
+            prost_types::Timestamp {
+                seconds: 5,
+                nanos: 6
+            }
+        );
+    }
+}
