@@ -32,8 +32,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
+mod behavior;
+mod behavior_test;
 mod config;
+mod entity;
 mod error;
+mod memory;
 mod messages;
 mod pool;
 mod sql;
@@ -42,12 +46,18 @@ mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, HandleCommand};
+pub use crate::behavior_test::{BehaviorTest, Then};
 pub use crate::config::{
     Config, DEFAULT_APPLICATION_NAME, DEFAULT_CHECKOUT_TIMEOUT, DEFAULT_HEALTH_CHECK_PERIOD,
     DEFAULT_MAX_CONNECTION_IDLE_TIME, DEFAULT_MAX_CONNECTION_LIFETIME, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MIN_IDLE_CONNECTIONS, DEFAULT_SCHEMA, DEFAULT_TABLE, VersionCheck,
 };
+pub use crate::entity::{
+    DEFAULT_SHARD_COUNT, DurableEntity, Passivate, RecoveryPolicy, Sharding, StateStore,
+};
 pub use crate::error::{Error, InvalidInput};
+pub use crate::memory::MemoryStore;
 pub use crate::messages::{
     CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState,
 };

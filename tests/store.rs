@@ -9,7 +9,7 @@ use common::{AccountState, account, state, store, store_with};
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::{
     Config, CreateSchema, Disconnect, DurableState, DurableStoreActor, Error, GetLatestState,
-    InvalidInput, Ping, VersionCheck, WriteOutcome, WriteState,
+    InvalidInput, MemoryStore, Ping, StateStore, VersionCheck, WriteOutcome, WriteState,
 };
 use prost::Message;
 
@@ -104,47 +104,50 @@ fn assert_conflict(result: Result<WriteOutcome, Error>, attempted: u64, stored: 
     }
 }
 
-#[actix::test]
-async fn version_rule() {
-    let (db, store) = store().await;
-    let write = |s: DurableState| store.send(WriteState(s));
+/// The version rule, on any store: the PostgreSQL one and `MemoryStore` must agree.
+async fn version_rule_on(store: StateStore) {
+    let write = |s: DurableState| store.write(s);
 
     // A new entity starts at version 1; anything else is a conflict with "no row" (0).
-    assert_conflict(write(state("acct-1", 2, 0)).await.unwrap(), 2, 0);
-    assert_eq!(db.count_rows().await.unwrap(), 0);
+    assert_conflict(write(state("acct-1", 2, 0)).await, 2, 0);
+    assert_eq!(store.get("acct-1".into()).await.unwrap(), None);
     assert_eq!(
-        write(state("acct-1", 1, 10)).await.unwrap().unwrap(),
+        write(state("acct-1", 1, 10)).await.unwrap(),
         WriteOutcome::Written
     );
     // The next version builds on the stored one.
     assert_eq!(
-        write(state("acct-1", 2, 20)).await.unwrap().unwrap(),
+        write(state("acct-1", 2, 20)).await.unwrap(),
         WriteOutcome::Written
     );
     // Stale: version 2 again with another payload, and version 1.
-    assert_conflict(write(state("acct-1", 2, 999)).await.unwrap(), 2, 2);
-    assert_conflict(write(state("acct-1", 1, 999)).await.unwrap(), 1, 2);
+    assert_conflict(write(state("acct-1", 2, 999)).await, 2, 2);
+    assert_conflict(write(state("acct-1", 1, 999)).await, 1, 2);
     // Gap.
-    assert_conflict(write(state("acct-1", 4, 999)).await.unwrap(), 4, 2);
+    assert_conflict(write(state("acct-1", 4, 999)).await, 4, 2);
     // Idempotent retry of exactly what is stored (even with a later timestamp).
     let retry = state("acct-1", 2, 20).with_timestamp(1);
-    assert_eq!(
-        write(retry).await.unwrap().unwrap(),
-        WriteOutcome::AlreadyStored
-    );
+    assert_eq!(write(retry).await.unwrap(), WriteOutcome::AlreadyStored);
 
-    let latest = store
-        .send(GetLatestState("acct-1".into()))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let latest = store.get("acct-1".into()).await.unwrap().unwrap();
     assert_eq!(
         latest,
         state("acct-1", 2, 20),
         "conflicts and retries changed nothing"
     );
+}
+
+#[actix::test]
+async fn version_rule() {
+    let (db, store) = store().await;
+    version_rule_on(store.into()).await;
+    assert_eq!(db.count_rows().await.unwrap(), 1);
     db.cleanup().await.unwrap();
+}
+
+#[actix::test]
+async fn version_rule_of_memory_store_is_the_same() {
+    version_rule_on(MemoryStore::default().start().into()).await;
 }
 
 #[actix::test]

@@ -47,3 +47,151 @@ pub fn store_with(config: Config) -> Addr<DurableStoreActor> {
         .expect("valid config")
         .start()
 }
+
+/// A minimal durable entity for the behavior tests.
+pub mod bank {
+    use actix::Message;
+    use durablestore_postgres::{CommandError, DurableStateBehavior, Effect, HandleCommand};
+
+    use super::AccountState;
+
+    pub struct Account {
+        pub id: String,
+    }
+
+    impl DurableStateBehavior for Account {
+        type State = AccountState;
+        fn persistence_id(&self) -> &str {
+            &self.id
+        }
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum AccountError {
+        InsufficientFunds { balance: i64, requested: i64 },
+        InvalidAmount,
+    }
+
+    /// Replies (balance, version) after the command.
+    pub type Reply = Result<(i64, u64), CommandError<AccountError>>;
+
+    #[derive(Message)]
+    #[rtype(result = "Reply")]
+    pub struct Deposit(pub i64);
+
+    #[derive(Message)]
+    #[rtype(result = "Reply")]
+    pub struct Withdraw(pub i64);
+
+    #[derive(Message)]
+    #[rtype(result = "Reply")]
+    pub struct GetBalance;
+
+    impl Account {
+        fn set(&self, state: &AccountState, balance: i64) -> AccountState {
+            AccountState {
+                account_id: self.id.clone(),
+                balance,
+                padding: state.padding.clone(),
+            }
+        }
+    }
+
+    impl HandleCommand<Deposit> for Account {
+        type Reply = (i64, u64);
+        type Error = AccountError;
+        fn handle_command(
+            &mut self,
+            Deposit(amount): Deposit,
+            state: &AccountState,
+            version: u64,
+        ) -> Result<Effect<AccountState, (i64, u64)>, AccountError> {
+            if amount <= 0 {
+                return Err(AccountError::InvalidAmount);
+            }
+            let balance = state.balance + amount;
+            Ok(Effect::persist(
+                self.set(state, balance),
+                (balance, version + 1),
+            ))
+        }
+    }
+
+    impl HandleCommand<Withdraw> for Account {
+        type Reply = (i64, u64);
+        type Error = AccountError;
+        fn handle_command(
+            &mut self,
+            Withdraw(amount): Withdraw,
+            state: &AccountState,
+            version: u64,
+        ) -> Result<Effect<AccountState, (i64, u64)>, AccountError> {
+            if amount <= 0 {
+                return Err(AccountError::InvalidAmount);
+            }
+            if amount > state.balance {
+                return Err(AccountError::InsufficientFunds {
+                    balance: state.balance,
+                    requested: amount,
+                });
+            }
+            let balance = state.balance - amount;
+            Ok(Effect::persist(
+                self.set(state, balance),
+                (balance, version + 1),
+            ))
+        }
+    }
+
+    impl HandleCommand<GetBalance> for Account {
+        type Reply = (i64, u64);
+        type Error = AccountError;
+        fn handle_command(
+            &mut self,
+            _: GetBalance,
+            state: &AccountState,
+            version: u64,
+        ) -> Result<Effect<AccountState, (i64, u64)>, AccountError> {
+            Ok(Effect::none((state.balance, version)))
+        }
+    }
+}
+
+/// A store proxy whose reads take `delay`: makes recovery slow enough to send commands into it.
+pub struct SlowReads {
+    pub inner: durablestore_postgres::StateStore,
+    pub delay: std::time::Duration,
+}
+
+impl Actor for SlowReads {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<durablestore_postgres::GetLatestState> for SlowReads {
+    type Result = actix::ResponseFuture<Result<Option<DurableState>, durablestore_postgres::Error>>;
+    fn handle(
+        &mut self,
+        msg: durablestore_postgres::GetLatestState,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let (inner, delay) = (self.inner.clone(), self.delay);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            inner.get(msg.0).await
+        })
+    }
+}
+
+impl actix::Handler<durablestore_postgres::WriteState> for SlowReads {
+    type Result = actix::ResponseFuture<
+        Result<durablestore_postgres::WriteOutcome, durablestore_postgres::Error>,
+    >;
+    fn handle(
+        &mut self,
+        msg: durablestore_postgres::WriteState,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.write(msg.0).await })
+    }
+}

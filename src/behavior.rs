@@ -1,0 +1,164 @@
+//! What a user writes to make an entity durable: its state, its commands, its decisions.
+
+use crate::error::Error;
+
+/// An entity whose state survives restarts: the Rust counterpart of eGo's and Akka's
+/// `DurableStateBehavior`.
+///
+/// Implement this trait for your entity type (it may carry any fields of its own), and
+/// [`HandleCommand`] once per command type; then start it with
+/// [`DurableEntity::new`](crate::DurableEntity::new). The entity actor does the rest: it
+/// recovers the latest state from the store before handling the first command, persists each
+/// new state (version + 1) before replying, and never lets two commands interleave.
+///
+/// ```
+/// use actix::Message;
+/// use durablestore_postgres::{CommandError, DurableStateBehavior, Effect, HandleCommand};
+///
+/// #[derive(Clone, PartialEq, prost::Message)]
+/// pub struct CounterState {
+///     #[prost(int64, tag = "1")]
+///     pub value: i64,
+/// }
+/// impl prost::Name for CounterState {
+///     const NAME: &'static str = "CounterState";
+///     const PACKAGE: &'static str = "demo";
+/// }
+///
+/// pub struct Counter {
+///     id: String,
+/// }
+///
+/// impl DurableStateBehavior for Counter {
+///     type State = CounterState;
+///     fn persistence_id(&self) -> &str {
+///         &self.id
+///     }
+/// }
+///
+/// /// Add `0` to the counter; replies with the new value.
+/// #[derive(Message)]
+/// #[rtype(result = "Result<i64, CommandError<String>>")]
+/// pub struct Add(pub i64);
+///
+/// impl HandleCommand<Add> for Counter {
+///     type Reply = i64;
+///     type Error = String;
+///     fn handle_command(
+///         &mut self,
+///         Add(n): Add,
+///         state: &CounterState,
+///         _version: u64,
+///     ) -> Result<Effect<CounterState, i64>, String> {
+///         if n == 0 {
+///             return Ok(Effect::none(state.value)); // nothing changes, nothing is written
+///         }
+///         let value = state.value.checked_add(n).ok_or("overflow")?;
+///         Ok(Effect::persist(CounterState { value }, value))
+///     }
+/// }
+/// ```
+pub trait DurableStateBehavior: Unpin + 'static {
+    /// The entity's state: a protobuf message with a name, stored as the row's payload.
+    type State: prost::Message
+        + prost::Name
+        + Default
+        + Clone
+        + PartialEq
+        + std::fmt::Debug
+        + Unpin
+        + 'static;
+
+    /// The entity's id, its primary key in the store (1 to 255 bytes, no NUL).
+    fn persistence_id(&self) -> &str;
+
+    /// The state of an entity that has never been persisted, at version 0.
+    ///
+    /// Defaults to `Self::State::default()`.
+    fn initial_state(&self) -> Self::State {
+        Self::State::default()
+    }
+}
+
+/// How a [`DurableStateBehavior`] decides on the command `C`.
+///
+/// `C` must be an actix message replying `Result<Self::Reply, CommandError<Self::Error>>`.
+pub trait HandleCommand<C>: DurableStateBehavior {
+    /// What a successful command replies.
+    type Reply;
+    /// The domain error that rejects the command (e.g. insufficient funds).
+    type Error;
+
+    /// Decides from the command, the current state and its version (0 before the first
+    /// persisted state) what happens: a new state to persist and the reply, only a reply, or
+    /// a domain error. Called with no command in flight; the state passed is always the last
+    /// persisted one.
+    fn handle_command(
+        &mut self,
+        command: C,
+        state: &Self::State,
+        version: u64,
+    ) -> Result<Effect<Self::State, Self::Reply>, Self::Error>;
+}
+
+/// What a command does to the entity.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Effect<S, R> {
+    /// Persist `state` as the next version, then reply.
+    Persist {
+        /// The new state.
+        state: S,
+        /// The reply, sent once the state is stored.
+        reply: R,
+    },
+    /// Change nothing, write nothing, reply at once.
+    None {
+        /// The reply.
+        reply: R,
+    },
+}
+
+impl<S, R> Effect<S, R> {
+    /// Persist `state` as the next version, then reply `reply`.
+    pub fn persist(state: S, reply: R) -> Self {
+        Effect::Persist { state, reply }
+    }
+
+    /// Reply `reply` without changing the state.
+    pub fn none(reply: R) -> Self {
+        Effect::None { reply }
+    }
+}
+
+/// Why a command to a durable entity failed. In every case the entity's state is the last
+/// persisted one, and nothing of this command was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E> {
+    /// The behavior rejected the command with its domain error.
+    #[error("command rejected: {0}")]
+    Rejected(E),
+    /// Another writer (the same entity running elsewhere) changed the stored state first. The
+    /// entity has reloaded the stored state; the command may be sent again.
+    #[error("{0}; the entity reloaded the stored state")]
+    Conflict(Error),
+    /// Persisting the new state failed (database down, timeout...).
+    #[error("persisting the new state failed: {0}")]
+    Store(Error),
+    /// The entity could not load its state from the store, so it did not handle the command.
+    #[error("the entity could not recover its state: {0}")]
+    Recovery(Error),
+}
+
+impl<E> CommandError<E> {
+    /// The store error behind this failure, if it is not a domain rejection.
+    pub fn store_error(&self) -> Option<&Error> {
+        match self {
+            CommandError::Rejected(_) => None,
+            CommandError::Conflict(e) | CommandError::Store(e) | CommandError::Recovery(e) => {
+                Some(e)
+            }
+        }
+    }
+}

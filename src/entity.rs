@@ -1,0 +1,432 @@
+//! The actor that runs a [`DurableStateBehavior`]: recovery, persistence, conflicts.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::dev::ToEnvelope;
+use actix::fut::{self, ActorFutureExt, WrapFuture};
+use actix::{
+    Actor, ActorContext, Addr, AsyncContext, AtomicResponse, Context, Handler, Message, Recipient,
+    ResponseActFuture,
+};
+
+use crate::behavior::{CommandError, DurableStateBehavior, Effect, HandleCommand};
+use crate::error::Error;
+use crate::messages::{GetLatestState, WriteOutcome, WriteState};
+use crate::state::DurableState;
+
+/// Default number of shards entities are spread over by [`Sharding::Hashed`].
+pub const DEFAULT_SHARD_COUNT: u64 = 128;
+
+/// Where an entity reads and writes its state: any actor answering [`WriteState`] and
+/// [`GetLatestState`] — a [`DurableStoreActor`](crate::DurableStoreActor), a
+/// [`MemoryStore`](crate::MemoryStore), or your own.
+#[derive(Clone)]
+pub struct StateStore {
+    write: Recipient<WriteState>,
+    read: Recipient<GetLatestState>,
+}
+
+impl fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateStore").finish_non_exhaustive()
+    }
+}
+
+impl<A> From<Addr<A>> for StateStore
+where
+    A: Actor + Handler<WriteState> + Handler<GetLatestState>,
+    A::Context: ToEnvelope<A, WriteState> + ToEnvelope<A, GetLatestState>,
+{
+    fn from(addr: Addr<A>) -> Self {
+        StateStore {
+            write: addr.clone().recipient(),
+            read: addr.recipient(),
+        }
+    }
+}
+
+impl StateStore {
+    /// A store from two recipients (e.g. a router in front of several stores).
+    pub fn from_recipients(write: Recipient<WriteState>, read: Recipient<GetLatestState>) -> Self {
+        StateStore { write, read }
+    }
+
+    /// Writes a state; a store actor that is gone reads as [`Error::NotConnected`].
+    pub async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
+        self.write
+            .send(WriteState(state))
+            .await
+            .unwrap_or(Err(Error::NotConnected))
+    }
+
+    /// Reads the latest state; a store actor that is gone reads as [`Error::NotConnected`].
+    pub async fn get(&self, persistence_id: String) -> Result<Option<DurableState>, Error> {
+        self.read
+            .send(GetLatestState(persistence_id))
+            .await
+            .unwrap_or(Err(Error::NotConnected))
+    }
+}
+
+/// How an entity's shard number is derived from its persistence id.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Sharding {
+    /// `fnv1a64(persistence_id) % shards`: stable across processes, versions and platforms.
+    Hashed {
+        /// Number of shards (at least 1).
+        shards: u64,
+    },
+    /// A function of your own.
+    Custom(Arc<dyn Fn(&str) -> u64 + Send + Sync>),
+}
+
+impl Default for Sharding {
+    /// [`Sharding::Hashed`] over [`DEFAULT_SHARD_COUNT`] shards.
+    fn default() -> Self {
+        Sharding::Hashed {
+            shards: DEFAULT_SHARD_COUNT,
+        }
+    }
+}
+
+impl fmt::Debug for Sharding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sharding::Hashed { shards } => {
+                f.debug_struct("Hashed").field("shards", shards).finish()
+            }
+            Sharding::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+impl Sharding {
+    /// The shard of `persistence_id`.
+    pub fn shard_of(&self, persistence_id: &str) -> u64 {
+        match self {
+            Sharding::Hashed { shards } => fnv1a64(persistence_id.as_bytes()) % (*shards).max(1),
+            Sharding::Custom(f) => f(persistence_id),
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: a fixed, documented hash, so shard numbers never change between builds
+/// (std's `DefaultHasher` makes no such promise).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// How an entity retries loading its state when it starts.
+///
+/// Transient failures (database unreachable, pool timeout, broken connection) are retried with
+/// exponential backoff, `initial_backoff` doubling up to `max_backoff`, for at most `attempts`
+/// tries; commands wait in the mailbox meanwhile. Permanent failures (a corrupt row, a state of
+/// another type) are not retried. An entity that is still not recovered then answers each
+/// command by trying once more and, if that fails, with [`CommandError::Recovery`]: it never
+/// handles a command against a state it did not load, and it heals by itself once the store
+/// answers again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPolicy {
+    /// Tries at start, the first included (at least 1).
+    pub attempts: u32,
+    /// Wait after the first failed try.
+    pub initial_backoff: Duration,
+    /// Longest wait between tries.
+    pub max_backoff: Duration,
+}
+
+impl Default for RecoveryPolicy {
+    /// 6 tries, 100 ms doubling up to 2 s: about 5 s of waiting before commands fail.
+    fn default() -> Self {
+        RecoveryPolicy {
+            attempts: 6,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// An actix actor running a [`DurableStateBehavior`].
+///
+/// - **Recovery.** On start it reads the entity's latest state from the store (see
+///   [`RecoveryPolicy`]); commands that arrive meanwhile wait in the mailbox.
+/// - **One command at a time.** Each command is decided, persisted and answered before the next
+///   one is looked at (actix's [`AtomicResponse`]), so versions can't be reordered.
+/// - **Persist, then reply.** [`Effect::Persist`] writes version + 1 (with the current Unix-ms
+///   timestamp and the shard from [`Sharding`]) and replies only once the store acknowledged
+///   it. If the write fails, the reply is the error and the state stays the last persisted one.
+/// - **Conflicts.** If the store reports a version conflict (the same entity running on
+///   another node), the entity reloads the stored state and the command fails with
+///   [`CommandError::Conflict`]; it never overwrites the other writer.
+///
+/// ```no_run
+/// # use actix::Actor;
+/// # use durablestore_postgres::*;
+/// # #[derive(Clone, PartialEq, prost::Message)] struct S {}
+/// # impl prost::Name for S { const NAME: &'static str = "S"; const PACKAGE: &'static str = "p"; }
+/// # struct Counter { id: String }
+/// # impl DurableStateBehavior for Counter { type State = S; fn persistence_id(&self) -> &str { &self.id } }
+/// # async fn run(store: actix::Addr<DurableStoreActor>) {
+/// let entity = DurableEntity::new(Counter { id: "counter-1".into() }, store)
+///     .sharding(Sharding::Hashed { shards: 16 })
+///     .start();
+/// # }
+/// ```
+pub struct DurableEntity<B: DurableStateBehavior> {
+    behavior: B,
+    store: StateStore,
+    sharding: Sharding,
+    recovery: RecoveryPolicy,
+    /// The last persisted state and its version; `None` until recovery succeeded.
+    current: Option<(B::State, u64)>,
+}
+
+impl<B: DurableStateBehavior> fmt::Debug for DurableEntity<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableEntity")
+            .field("persistence_id", &self.behavior.persistence_id())
+            .field("version", &self.current.as_ref().map(|(_, v)| *v))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: DurableStateBehavior> DurableEntity<B> {
+    /// An entity running `behavior` on `store` (an `Addr` of any store actor, or a
+    /// [`StateStore`]), with default sharding and recovery. Start it with [`Actor::start`].
+    pub fn new(behavior: B, store: impl Into<StateStore>) -> Self {
+        DurableEntity {
+            behavior,
+            store: store.into(),
+            sharding: Sharding::default(),
+            recovery: RecoveryPolicy::default(),
+            current: None,
+        }
+    }
+
+    /// How the shard number of written states is chosen.
+    ///
+    /// Defaults to [`Sharding::Hashed`] over [`DEFAULT_SHARD_COUNT`] shards.
+    #[must_use]
+    pub fn sharding(mut self, sharding: Sharding) -> Self {
+        self.sharding = sharding;
+        self
+    }
+
+    /// How recovery is retried at start.
+    ///
+    /// Defaults to [`RecoveryPolicy::default`].
+    #[must_use]
+    pub fn recovery(mut self, policy: RecoveryPolicy) -> Self {
+        self.recovery = policy;
+        self
+    }
+
+    /// The behavior, e.g. to read its non-durable fields in tests.
+    pub fn behavior(&self) -> &B {
+        &self.behavior
+    }
+
+    /// Reads and decodes the stored state: `(initial state, 0)` when there is none.
+    fn load(&self) -> impl std::future::Future<Output = Result<(B::State, u64), Error>> + 'static {
+        let store = self.store.clone();
+        let id = self.behavior.persistence_id().to_owned();
+        let initial = self.behavior.initial_state();
+        async move {
+            match store.get(id).await? {
+                None => Ok((initial, 0)),
+                Some(stored) => {
+                    let state = stored.decode_state::<B::State>()?;
+                    Ok((state, stored.version_number))
+                }
+            }
+        }
+    }
+
+    /// Makes sure the entity has its state, trying once to load it if not.
+    fn ensure_recovered(&mut self) -> ResponseActFuture<Self, Result<(), Error>> {
+        if self.current.is_some() {
+            return Box::pin(fut::ready(Ok(())));
+        }
+        Box::pin(
+            self.load()
+                .into_actor(self)
+                .map(|loaded, entity, _| loaded.map(|current| entity.current = Some(current))),
+        )
+    }
+
+    /// Runs the behavior on `command` against the recovered state and persists its effect.
+    fn decide<C>(
+        &mut self,
+        command: C,
+    ) -> ResponseActFuture<Self, Result<B::Reply, CommandError<B::Error>>>
+    where
+        B: HandleCommand<C>,
+        B::Reply: 'static,
+        B::Error: 'static,
+    {
+        let Some((state, version)) = &self.current else {
+            return Box::pin(fut::ready(Err(CommandError::Recovery(Error::NotConnected))));
+        };
+        let version = *version;
+        let (new_state, reply) = match self.behavior.handle_command(command, state, version) {
+            Err(rejection) => return Box::pin(fut::ready(Err(CommandError::Rejected(rejection)))),
+            Ok(Effect::None { reply }) => return Box::pin(fut::ready(Ok(reply))),
+            Ok(Effect::Persist { state, reply }) => (state, reply),
+        };
+        let id = self.behavior.persistence_id().to_owned();
+        let next = version + 1;
+        let durable =
+            DurableState::new(id.clone(), next, &new_state).with_shard(self.sharding.shard_of(&id));
+        let store = self.store.clone();
+        let write = async move {
+            match store.write(durable).await {
+                Ok(_) => Ok(()),
+                Err(conflict @ Error::VersionConflict { .. }) => {
+                    // Someone else owns the newer state: take it, don't fight it.
+                    let reloaded = match store.get(id).await {
+                        Ok(Some(stored)) => stored
+                            .decode_state::<B::State>()
+                            .map(|s| Some((s, stored.version_number))),
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    Err((conflict, Some(reloaded)))
+                }
+                Err(error) => Err((error, None)),
+            }
+        };
+        Box::pin(
+            write
+                .into_actor(self)
+                .map(move |written, entity, _| match written {
+                    Ok(()) => {
+                        entity.current = Some((new_state, next));
+                        Ok(reply)
+                    }
+                    Err((conflict, Some(reloaded))) => {
+                        entity.current = match reloaded {
+                            Ok(Some(current)) => Some(current),
+                            // The row vanished or could not be read: recover again before the next
+                            // command rather than guess.
+                            Ok(None) | Err(_) => None,
+                        };
+                        Err(CommandError::Conflict(conflict))
+                    }
+                    Err((error, None)) => Err(CommandError::Store(error)),
+                }),
+        )
+    }
+}
+
+impl<B: DurableStateBehavior> Actor for DurableEntity<B> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // `wait` holds the mailbox until recovery is over: commands queue, none is handled
+        // against the initial state by mistake.
+        ctx.wait(recover_with_retries(self, 1));
+    }
+}
+
+/// Loads the state (try number `tried`), retrying transient failures with backoff up to
+/// the entity's [`RecoveryPolicy`]; stores the state on success.
+fn recover_with_retries<B: DurableStateBehavior>(
+    entity: &DurableEntity<B>,
+    tried: u32,
+) -> ResponseActFuture<DurableEntity<B>, ()> {
+    Box::pin(
+        entity
+            .load()
+            .into_actor(entity)
+            .then(move |loaded, entity, _ctx| {
+                let policy = &entity.recovery;
+                match loaded {
+                    Ok(current) => {
+                        entity.current = Some(current);
+                        Box::pin(fut::ready(())) as ResponseActFuture<DurableEntity<B>, ()>
+                    }
+                    Err(error) if error.is_transient() && tried < policy.attempts => {
+                        let backoff = policy
+                            .initial_backoff
+                            .saturating_mul(2u32.saturating_pow(tried - 1))
+                            .min(policy.max_backoff);
+                        tracing::warn!(
+                            persistence_id = entity.behavior.persistence_id(),
+                            %error,
+                            attempt = tried,
+                            ?backoff,
+                            "durable entity recovery failed; retrying"
+                        );
+                        Box::pin(
+                            tokio::time::sleep(backoff)
+                                .into_actor(entity)
+                                .then(move |(), entity, _| recover_with_retries(entity, tried + 1)),
+                        )
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            persistence_id = entity.behavior.persistence_id(),
+                            %error,
+                            attempts = tried,
+                            "durable entity could not recover its state; commands will retry it"
+                        );
+                        Box::pin(fut::ready(()))
+                    }
+                }
+            }),
+    )
+}
+
+impl<B, C> Handler<C> for DurableEntity<B>
+where
+    B: HandleCommand<C>,
+    B::Reply: 'static,
+    B::Error: 'static,
+    C: Message<Result = Result<B::Reply, CommandError<B::Error>>> + 'static,
+{
+    type Result = AtomicResponse<Self, Result<B::Reply, CommandError<B::Error>>>;
+
+    fn handle(&mut self, command: C, _ctx: &mut Self::Context) -> Self::Result {
+        AtomicResponse::new(Box::pin(self.ensure_recovered().then(
+            move |recovered, entity, _ctx| match recovered {
+                Ok(()) => entity.decide(command),
+                Err(error) => Box::pin(fut::ready(Err(CommandError::Recovery(error)))),
+            },
+        )))
+    }
+}
+
+/// Stops an entity actor (e.g. to passivate it); its state stays in the store.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Passivate;
+
+impl<B: DurableStateBehavior> Handler<Passivate> for DurableEntity<B> {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_sharding_is_stable_and_in_range() {
+        let sharding = Sharding::Hashed { shards: 16 };
+        // Pinned values: changing the hash would move every entity to another shard.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert!((0..1000).all(|i| sharding.shard_of(&format!("e-{i}")) < 16));
+        assert_eq!(Sharding::Hashed { shards: 0 }.shard_of("x"), 0);
+        let custom = Sharding::Custom(Arc::new(|id: &str| id.len() as u64));
+        assert_eq!(custom.shard_of("abcd"), 4);
+    }
+}
