@@ -24,6 +24,11 @@ pub const DEFAULT_MAX_CONNECTION_IDLE_TIME: Duration = Duration::from_secs(30 * 
 pub const DEFAULT_HEALTH_CHECK_PERIOD: Duration = Duration::from_secs(60);
 /// Default time a call waits for a pooled connection before failing: 5 seconds.
 pub const DEFAULT_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default largest number of writes (or reads) sent as one statement: 256.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 256;
+/// Default number of writes (and, separately, reads) that may wait for a connection before
+/// callers are made to wait: 10,000.
+pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 10_000;
 /// Default `application_name` reported to the server: `durablestore-postgres`.
 pub const DEFAULT_APPLICATION_NAME: &str = "durablestore-postgres";
 
@@ -130,6 +135,8 @@ pub struct Config {
     pub(crate) health_check_period: Duration,
     pub(crate) checkout_timeout: Duration,
     pub(crate) version_check: VersionCheck,
+    pub(crate) max_batch_size: usize,
+    pub(crate) max_pending_requests: usize,
 }
 
 impl Config {
@@ -169,6 +176,8 @@ impl Config {
             health_check_period: DEFAULT_HEALTH_CHECK_PERIOD,
             checkout_timeout: DEFAULT_CHECKOUT_TIMEOUT,
             version_check: VersionCheck::default(),
+            max_batch_size: DEFAULT_MAX_BATCH_SIZE,
+            max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
         }
     }
 
@@ -280,6 +289,27 @@ impl Config {
         self
     }
 
+    /// The largest number of writes (or reads) sent as one statement. Writes that queue while
+    /// every connection is busy go out together, up to this many, as one multi-row statement
+    /// and one commit; `1` turns group commit off.
+    ///
+    /// Defaults to [`DEFAULT_MAX_BATCH_SIZE`] (256).
+    #[must_use]
+    pub fn max_batch_size(mut self, max: usize) -> Self {
+        self.max_batch_size = max;
+        self
+    }
+
+    /// How many writes (and, separately, reads) may queue for a connection. Beyond it, senders
+    /// wait for room: memory stays bounded however fast requests arrive.
+    ///
+    /// Defaults to [`DEFAULT_MAX_PENDING_REQUESTS`] (10,000).
+    #[must_use]
+    pub fn max_pending_requests(mut self, max: usize) -> Self {
+        self.max_pending_requests = max;
+        self
+    }
+
     /// The `application_name` reported to the server (visible in `pg_stat_activity`).
     ///
     /// Defaults to [`DEFAULT_APPLICATION_NAME`].
@@ -334,6 +364,9 @@ impl Config {
         }
         if self.min_idle_connections > self.max_connections {
             return invalid("min_idle_connections must not exceed max_connections");
+        }
+        if self.max_batch_size == 0 || self.max_pending_requests == 0 {
+            return invalid("max_batch_size and max_pending_requests must be at least 1");
         }
         if self.checkout_timeout.is_zero() {
             return invalid("checkout_timeout must be greater than zero");
@@ -392,6 +425,8 @@ impl fmt::Debug for Config {
             .field("health_check_period", &self.health_check_period)
             .field("checkout_timeout", &self.checkout_timeout)
             .field("version_check", &self.version_check)
+            .field("max_batch_size", &self.max_batch_size)
+            .field("max_pending_requests", &self.max_pending_requests)
             .finish()
     }
 }

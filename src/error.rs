@@ -19,7 +19,10 @@ use tokio_postgres::error::SqlState;
 ///   was sent to the database.
 ///
 /// No variant ever contains the connection password or state payload bytes.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Error` is `Clone`, so one failure (e.g. of a batched statement) can be reported to every
+/// caller it concerns; driver errors are shared behind an `Arc`.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A write was refused because the stored version is not the one the write builds on.
@@ -66,7 +69,7 @@ pub enum Error {
         /// The driver's error; [`Error::code`] and [`tokio_postgres::Error::as_db_error`]
         /// classify it.
         #[source]
-        source: tokio_postgres::Error,
+        source: Arc<tokio_postgres::Error>,
     },
 
     /// A stored row cannot be read as a durable state: unknown or malformed manifest,
@@ -206,7 +209,9 @@ impl Error {
     }
 
     pub(crate) fn database(source: tokio_postgres::Error) -> Self {
-        Error::Database { source }
+        Error::Database {
+            source: Arc::new(source),
+        }
     }
 }
 

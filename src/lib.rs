@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
+mod batcher;
 mod behavior;
 mod behavior_test;
 mod config;

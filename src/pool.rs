@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::{DisplayPg, Error};
 
 /// A checked-out connection; returns to its pool when dropped.
-pub(crate) type PooledClient = Box<dyn DerefMut<Target = Client> + Send>;
+pub(crate) type PooledClient = Box<dyn DerefMut<Target = Client> + Send + Sync>;
 
 type GetFuture<'a> = Pin<
     Box<dyn Future<Output = Result<PooledClient, RunError<tokio_postgres::Error>>> + Send + 'a>,
