@@ -222,58 +222,60 @@ impl Shared {
                 .map_err(Error::database)?;
             return Ok(rows.iter().map(|_| Ok(WriteOutcome::Written)).collect());
         }
-        let result = client
+        let written = client
             .query_typed(&self.sql.write_checked, &params)
             .await
             .map_err(Error::database)?;
-        let mut outcomes: Vec<Option<Result<WriteOutcome, Error>>> =
-            rows.iter().map(|_| None).collect();
-        // Conflicts whose snapshot says the write should have applied lost a race with a
-        // concurrent writer; their stored version is re-read so the error tells the truth.
-        let mut raced = Vec::new();
-        for record in &result {
-            let ord: i64 = record.try_get(0).map_err(Error::database)?;
-            let written: bool = record.try_get(1).map_err(Error::database)?;
-            let stored: Option<i64> = record.try_get(2).map_err(Error::database)?;
-            let same: Option<bool> = record.try_get(3).map_err(Error::database)?;
-            let Some(index) = usize::try_from(ord).ok().and_then(|o| o.checked_sub(1)) else {
-                continue;
-            };
-            let Some(row) = rows.get(index) else { continue };
-            let outcome = if written {
-                Ok(WriteOutcome::Written)
-            } else if stored == Some(row.version_number) && same == Some(true) {
-                Ok(WriteOutcome::AlreadyStored)
-            } else {
-                if stored.unwrap_or(0) == row.version_number - 1 {
-                    raced.push(index);
+        let mut is_written = vec![false; rows.len()];
+        if written.len() < rows.len() {
+            let index: HashMap<&str, usize> =
+                ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+            for record in &written {
+                let id: &str = record.try_get(0).map_err(Error::database)?;
+                if let Some(&i) = index.get(id) {
+                    is_written[i] = true;
                 }
-                Err(conflict(row, stored))
-            };
-            outcomes[index] = Some(outcome);
+            }
+        } else {
+            is_written.fill(true);
         }
-        if !raced.is_empty() {
-            let ids: Vec<&str> = raced
-                .iter()
-                .map(|&i| rows[i].persistence_id.as_str())
-                .collect();
+        // Rows not written are a conflict or an idempotent retry; a fresh read (a new
+        // statement, so a new snapshot) tells which, and the version that is stored now.
+        let refused: Vec<&str> = ids
+            .iter()
+            .zip(&is_written)
+            .filter(|(_, written)| !**written)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut stored: HashMap<String, StateRow> = HashMap::new();
+        if !refused.is_empty() {
             let current = client
-                .query_typed(&self.sql.select, &[(&ids, Type::TEXT_ARRAY)])
+                .query_typed(&self.sql.select, &[(&refused, Type::TEXT_ARRAY)])
                 .await
                 .map_err(Error::database)?;
-            for &index in &raced {
-                let row = rows[index];
-                let stored = current
-                    .iter()
-                    .find(|r| r.try_get::<_, &str>(0).ok() == Some(row.persistence_id.as_str()))
-                    .and_then(|r| r.try_get::<_, i64>(1).ok());
-                outcomes[index] = Some(Err(conflict(row, stored)));
+            for record in &current {
+                let row = read_row(record)?;
+                stored.insert(row.persistence_id.clone(), row);
             }
         }
-        Ok(outcomes
-            .into_iter()
-            .zip(rows)
-            .map(|(outcome, row)| outcome.unwrap_or_else(|| Err(no_result(row))))
+        Ok(rows
+            .iter()
+            .zip(is_written)
+            .map(|(row, written)| {
+                if written {
+                    return Ok(WriteOutcome::Written);
+                }
+                match stored.get(&row.persistence_id) {
+                    Some(s)
+                        if s.version_number == row.version_number
+                            && s.state_payload == row.state_payload
+                            && s.state_manifest == row.state_manifest =>
+                    {
+                        Ok(WriteOutcome::AlreadyStored)
+                    }
+                    current => Err(conflict(row, current.map(|s| s.version_number))),
+                }
+            })
             .collect())
     }
 
@@ -367,6 +369,7 @@ fn conflict(row: &StateRow, stored: Option<i64>) -> Error {
     }
 }
 
+/// `write_rows` answers once per row; this stands in should that ever not hold.
 fn no_result(row: &StateRow) -> Error {
     Error::CorruptState {
         persistence_id: row.persistence_id.clone(),

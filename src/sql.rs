@@ -27,13 +27,13 @@ const UPDATE_ALL: &str = r#"version_number = EXCLUDED.version_number,
 /// The statements of one store.
 #[derive(Debug)]
 pub(crate) struct Sql {
-    /// Version-checked upsert of N rows with distinct ids, in one statement and one commit.
+    /// Version-checked write of N rows with distinct ids, in one statement and one commit.
     ///
-    /// Returns one row per input: `ord` (1-based input position), `written`, and, from the
-    /// statement's snapshot, the `stored` version (NULL: no row) and whether the stored payload
-    /// and manifest equal the input (`same`). A row is written when it is the first version of a
-    /// new id or builds on the stored version; the `ON CONFLICT ... WHERE` re-checks the version
-    /// against the latest committed row, so a concurrent writer can never be overwritten.
+    /// Version 1 of a new id is inserted (`ON CONFLICT DO NOTHING`: an existing row is never
+    /// touched); version *v* > 1 updates the row only `WHERE version_number = v - 1`. Under
+    /// READ COMMITTED the update re-checks that condition against the latest committed row after
+    /// waiting for a concurrent writer, so a concurrent write can never be overwritten. Returns
+    /// the ids that were written; the others are classified with a fresh [`Sql::select`].
     pub write_checked: String,
     /// Last-writer-wins upsert of N rows with distinct ids.
     pub write_unchecked: String,
@@ -53,24 +53,26 @@ impl Sql {
         let t = format!("{}.{}", schema.quoted(), table.quoted());
         let write_checked = format!(
             r#"WITH input AS ({INPUT}),
-current AS (
-    SELECT i.ord, s.version_number,
-           s.state_payload = i.state_payload AND s.state_manifest = i.state_manifest AS same
-    FROM input i JOIN {t} s ON s.persistence_id = i.persistence_id
-),
-written AS (
-    INSERT INTO {t} AS s ({COLUMNS})
+inserted AS (
+    INSERT INTO {t} ({COLUMNS})
     SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i."timestamp", i.shard_number
-    FROM input i LEFT JOIN current c ON c.ord = i.ord
-    WHERE (c.ord IS NULL AND i.version_number = 1) OR c.version_number = i.version_number - 1
-    ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
-    WHERE s.version_number = EXCLUDED.version_number - 1
+    FROM input i WHERE i.version_number = 1
+    ON CONFLICT (persistence_id) DO NOTHING
+    RETURNING persistence_id
+),
+updated AS (
+    UPDATE {t} AS s SET version_number = i.version_number,
+        state_payload = i.state_payload,
+        state_manifest = i.state_manifest,
+        "timestamp" = i."timestamp",
+        shard_number = i.shard_number
+    FROM input i
+    WHERE i.version_number > 1
+      AND s.persistence_id = i.persistence_id
+      AND s.version_number = i.version_number - 1
     RETURNING s.persistence_id
 )
-SELECT i.ord, w.persistence_id IS NOT NULL AS written, c.version_number AS stored, c.same
-FROM input i
-LEFT JOIN written w ON w.persistence_id = i.persistence_id
-LEFT JOIN current c ON c.ord = i.ord"#
+SELECT persistence_id FROM inserted UNION ALL SELECT persistence_id FROM updated"#
         );
         let write_unchecked = format!(
             r#"INSERT INTO {t} AS s ({COLUMNS})
