@@ -18,7 +18,7 @@ use crate::config::{Config, VersionCheck};
 use crate::error::Error;
 use crate::messages::WriteOutcome;
 use crate::pool::{Connections, PooledClient};
-use crate::sql::Sql;
+use crate::sql::{Sql, Stmt};
 use crate::state::{DurableState, StateRow, validate_persistence_id};
 
 /// A write waiting for its batch.
@@ -112,13 +112,18 @@ impl Store {
 
     pub(crate) async fn ping(&self) -> Result<(), Error> {
         let client = self.shared.checkout().await?;
-        client.simple_query("").await.map_err(Error::database)?;
+        client
+            .client()
+            .simple_query("")
+            .await
+            .map_err(Error::database)?;
         Ok(())
     }
 
     pub(crate) async fn create_schema(&self) -> Result<(), Error> {
         let client = self.shared.checkout().await?;
         client
+            .client()
             .batch_execute(&self.shared.sql.create)
             .await
             .map_err(Error::database)
@@ -217,13 +222,13 @@ impl Shared {
         ];
         if self.version_check == VersionCheck::Unchecked {
             client
-                .query_typed(&self.sql.write_unchecked, &params)
+                .query(&self.sql, Stmt::WriteUnchecked, &params)
                 .await
                 .map_err(Error::database)?;
             return Ok(rows.iter().map(|_| Ok(WriteOutcome::Written)).collect());
         }
         let written = client
-            .query_typed(&self.sql.write_checked, &params)
+            .query(&self.sql, Stmt::WriteChecked, &params)
             .await
             .map_err(Error::database)?;
         let mut is_written = vec![false; rows.len()];
@@ -250,7 +255,7 @@ impl Shared {
         let mut stored: HashMap<String, StateRow> = HashMap::new();
         if !refused.is_empty() {
             let current = client
-                .query_typed(&self.sql.select, &[(&refused, Type::TEXT_ARRAY)])
+                .query(&self.sql, Stmt::Select, &[(&refused, Type::TEXT_ARRAY)])
                 .await
                 .map_err(Error::database)?;
             for record in &current {
@@ -309,7 +314,7 @@ impl Shared {
         ids.dedup();
         let client = self.checkout().await?;
         let rows = client
-            .query_typed(&self.sql.select, &[(&ids, Type::TEXT_ARRAY)])
+            .query(&self.sql, Stmt::Select, &[(&ids, Type::TEXT_ARRAY)])
             .await
             .map_err(Error::database)?;
         let mut found = HashMap::with_capacity(rows.len());

@@ -2,23 +2,136 @@
 //! pool, behind one checkout that reports *why* no connection could be had.
 
 use std::future::Future;
-use std::ops::DerefMut;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bb8::{ErrorSink, RunError};
+use bb8::{ErrorSink, ManageConnection, PooledConnection, RunError};
 use bb8_postgres::PostgresConnectionManager;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{Client, Socket};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row, Socket, Statement};
 
 use crate::config::Config;
 use crate::error::{DisplayPg, Error};
+use crate::sql::{Sql, Stmt};
 
 /// A checked-out connection; returns to its pool when dropped.
-pub(crate) type PooledClient = Box<dyn DerefMut<Target = Client> + Send + Sync>;
+pub(crate) struct PooledClient(Box<dyn Conn>);
+
+impl PooledClient {
+    /// The connection.
+    pub(crate) fn client(&self) -> &Client {
+        self.0.client()
+    }
+
+    /// Runs one of the store's statements: prepared once per connection on an owned pool (no
+    /// planning on later calls), or with `query_typed` (still one round trip) on a borrowed
+    /// pool, whose connections have nowhere to keep prepared statements.
+    pub(crate) async fn query(
+        &self,
+        sql: &Sql,
+        which: Stmt,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let client = self.0.client();
+        let Some(prepared) = self.0.prepared() else {
+            return client.query_typed(sql.text(which), params).await;
+        };
+        let statement = prepared.statements[which as usize]
+            .get_or_try_init(|| {
+                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                async move { client.prepare_typed(sql.text(which), &types).await }
+            })
+            .await?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+        client.query(statement, &values).await
+    }
+}
+
+/// What the store needs of a pooled connection, whatever pool it came from.
+trait Conn: Send + Sync {
+    fn client(&self) -> &Client;
+    fn prepared(&self) -> Option<&Prepared>;
+}
+
+/// A connection of an owned pool: the client and its prepared statements.
+///
+/// Statements are prepared on first use rather than on connect, so a connection can be opened
+/// before the table exists (to run `CreateSchema` on it).
+struct PreparedClient {
+    client: Client,
+    prepared: Prepared,
+}
+
+#[derive(Default)]
+struct Prepared {
+    statements: [OnceCell<Statement>; Stmt::COUNT],
+}
+
+impl<T> Conn for PooledConnection<'static, PostgresConnectionManager<T>>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    fn client(&self) -> &Client {
+        self
+    }
+
+    fn prepared(&self) -> Option<&Prepared> {
+        None
+    }
+}
+
+impl<T> Conn for PooledConnection<'static, OwnedManager<T>>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn prepared(&self) -> Option<&Prepared> {
+        Some(&self.prepared)
+    }
+}
+
+/// bb8-postgres's manager, with a statement cache per connection.
+struct OwnedManager<T: MakeTlsConnect<Socket>>(PostgresConnectionManager<T>);
+
+impl<T> ManageConnection for OwnedManager<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    type Connection = PreparedClient;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<PreparedClient, tokio_postgres::Error> {
+        let client = self.0.connect().await?;
+        Ok(PreparedClient {
+            client,
+            prepared: Prepared::default(),
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut PreparedClient) -> Result<(), tokio_postgres::Error> {
+        self.0.is_valid(&mut conn.client).await
+    }
+
+    fn has_broken(&self, conn: &mut PreparedClient) -> bool {
+        conn.client.is_closed()
+    }
+}
 
 type GetFuture<'a> = Pin<
     Box<dyn Future<Output = Result<PooledClient, RunError<tokio_postgres::Error>>> + Send + 'a>,
@@ -29,20 +142,29 @@ trait Source: Send + Sync {
     fn get(&self) -> GetFuture<'_>;
 }
 
-impl<T> Source for bb8::Pool<PostgresConnectionManager<T>>
-where
-    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
-    T::Stream: Send + Sync,
-    T::TlsConnect: Send,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
-    fn get(&self) -> GetFuture<'_> {
-        Box::pin(async move {
-            let conn = self.get_owned().await?;
-            Ok(Box::new(conn) as PooledClient)
-        })
-    }
+/// bb8's `get_owned` future, boxed with the TLS type erased. (One impl per manager: a single
+/// impl generic over the manager trips rustc's check that the future is `Send`.)
+macro_rules! source_for {
+    ($manager:ident) => {
+        impl<T> Source for bb8::Pool<$manager<T>>
+        where
+            T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+            T::Stream: Send + Sync,
+            T::TlsConnect: Send,
+            <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+        {
+            fn get(&self) -> GetFuture<'_> {
+                Box::pin(async move {
+                    let conn = self.get_owned().await?;
+                    Ok(PooledClient(Box::new(conn)))
+                })
+            }
+        }
+    };
 }
+
+source_for!(PostgresConnectionManager);
+source_for!(OwnedManager);
 
 /// Where a store's connections come from.
 #[derive(Clone)]
@@ -68,7 +190,10 @@ impl Connections {
     pub(crate) fn build(config: &Config) -> Result<Self, Error> {
         config.validate()?;
         let errors = ConnectErrors::default();
-        let manager = PostgresConnectionManager::new(config.pg.clone(), tokio_postgres::NoTls);
+        let manager = OwnedManager(PostgresConnectionManager::new(
+            config.pg.clone(),
+            tokio_postgres::NoTls,
+        ));
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let pool = bb8::Pool::builder()
             .max_size(config.max_connections)

@@ -24,6 +24,18 @@ const UPDATE_ALL: &str = r#"version_number = EXCLUDED.version_number,
         "timestamp" = EXCLUDED."timestamp",
         shard_number = EXCLUDED.shard_number"#;
 
+/// The statements run with bind parameters (and so prepared per connection).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stmt {
+    WriteChecked = 0,
+    WriteUnchecked = 1,
+    Select = 2,
+}
+
+impl Stmt {
+    pub(crate) const COUNT: usize = 3;
+}
+
 /// The statements of one store.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -47,6 +59,14 @@ pub(crate) struct Sql {
 impl Sql {
     pub(crate) fn new(config: &Config) -> Self {
         Self::for_names(&config.schema, &config.table)
+    }
+
+    pub(crate) fn text(&self, which: Stmt) -> &str {
+        match which {
+            Stmt::WriteChecked => &self.write_checked,
+            Stmt::WriteUnchecked => &self.write_unchecked,
+            Stmt::Select => &self.select,
+        }
     }
 
     pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
