@@ -192,3 +192,38 @@ async fn a_bounded_queue_makes_senders_wait_not_fail() {
     assert_eq!(db.count_rows().await.unwrap(), 300);
     db.cleanup().await.unwrap();
 }
+
+#[actix::test]
+async fn a_blocked_write_does_not_hold_up_writes_on_other_connections() {
+    let db = TestDatabase::new().await.unwrap();
+    let schema = db.schema().to_owned();
+    let store = store_with(db.config().max_connections(2));
+    store
+        .send(WriteState(state("locked", 1, 1)))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Another session holds the row: the next write of `locked` waits on the server.
+    let mut holder = db.client().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        &format!("SELECT 1 FROM {schema}.states_store WHERE persistence_id = 'locked' FOR UPDATE"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let blocked = store.send(WriteState(state("locked", 2, 2)));
+    let blocked = actix::spawn(blocked);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Meanwhile other entities keep writing on the second connection.
+    for i in 0..20 {
+        let outcome = store.send(WriteState(state(&format!("free-{i}"), 1, i))).await;
+        assert_eq!(outcome.unwrap().unwrap(), WriteOutcome::Written);
+    }
+    assert!(!blocked.is_finished(), "the locked write is still waiting");
+    tx.rollback().await.unwrap();
+    assert_eq!(blocked.await.unwrap().unwrap().unwrap(), WriteOutcome::Written);
+    db.cleanup().await.unwrap();
+}
