@@ -193,7 +193,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = ticker.await;
     bar.finish_and_clear();
 
-    let histogram = histogram.borrow();
+    let histogram = histogram.borrow().clone();
     let errors = *errors.borrow();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     println!(

@@ -19,8 +19,11 @@ use crate::state::DurableState;
 ///
 /// It answers [`WriteState`], [`GetLatestState`], [`Ping`], [`CreateSchema`] and
 /// [`Disconnect`]. Its mailbox never waits on the database: each message becomes a future
-/// that checks a connection out of the pool, so up to `max_connections` statements run at
-/// once and the rest wait for a connection (at most the checkout timeout).
+/// that queues the request for one of `max_connections` workers. A worker with nothing to do
+/// sends a lone request at once; requests that queue while every worker is busy are sent
+/// together as one multi-row statement and one commit (group commit), each caller still
+/// getting its own answer. Writes of different entities run concurrently up to the pool size;
+/// writes of one entity keep their order.
 ///
 /// The pool is either owned (built from a [`Config`] by [`DurableStoreActor::new`], closed
 /// when the actor stops or on [`Disconnect`]) or borrowed (a caller's pool given to

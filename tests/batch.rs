@@ -219,11 +219,16 @@ async fn a_blocked_write_does_not_hold_up_writes_on_other_connections() {
 
     // Meanwhile other entities keep writing on the second connection.
     for i in 0..20 {
-        let outcome = store.send(WriteState(state(&format!("free-{i}"), 1, i))).await;
+        let outcome = store
+            .send(WriteState(state(&format!("free-{i}"), 1, i)))
+            .await;
         assert_eq!(outcome.unwrap().unwrap(), WriteOutcome::Written);
     }
     assert!(!blocked.is_finished(), "the locked write is still waiting");
     tx.rollback().await.unwrap();
-    assert_eq!(blocked.await.unwrap().unwrap().unwrap(), WriteOutcome::Written);
+    assert_eq!(
+        blocked.await.unwrap().unwrap().unwrap(),
+        WriteOutcome::Written
+    );
     db.cleanup().await.unwrap();
 }
