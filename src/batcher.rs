@@ -111,22 +111,13 @@ impl Store {
     }
 
     pub(crate) async fn ping(&self) -> Result<(), Error> {
-        let client = self.shared.checkout().await?;
-        client
-            .client()
-            .simple_query("")
-            .await
-            .map_err(Error::database)?;
-        Ok(())
+        // An empty simple query, like bb8-postgres's health check, bounded by the timeout.
+        self.shared.checkout().await?.batch_execute("").await
     }
 
     pub(crate) async fn create_schema(&self) -> Result<(), Error> {
         let client = self.shared.checkout().await?;
-        client
-            .client()
-            .batch_execute(&self.shared.sql.create)
-            .await
-            .map_err(Error::database)
+        client.batch_execute(&self.shared.sql.create).await
     }
 }
 
@@ -223,14 +214,10 @@ impl Shared {
         if self.version_check == VersionCheck::Unchecked {
             client
                 .query(&self.sql, Stmt::WriteUnchecked, &params)
-                .await
-                .map_err(Error::database)?;
+                .await?;
             return Ok(rows.iter().map(|_| Ok(WriteOutcome::Written)).collect());
         }
-        let written = client
-            .query(&self.sql, Stmt::WriteChecked, &params)
-            .await
-            .map_err(Error::database)?;
+        let written = client.query(&self.sql, Stmt::WriteChecked, &params).await?;
         let mut is_written = vec![false; rows.len()];
         if written.len() < rows.len() {
             let index: HashMap<&str, usize> =
@@ -256,8 +243,7 @@ impl Shared {
         if !refused.is_empty() {
             let current = client
                 .query(&self.sql, Stmt::Select, &[(&refused, Type::TEXT_ARRAY)])
-                .await
-                .map_err(Error::database)?;
+                .await?;
             for record in &current {
                 let row = read_row(record)?;
                 stored.insert(row.persistence_id.clone(), row);
@@ -315,8 +301,7 @@ impl Shared {
         let client = self.checkout().await?;
         let rows = client
             .query(&self.sql, Stmt::Select, &[(&ids, Type::TEXT_ARRAY)])
-            .await
-            .map_err(Error::database)?;
+            .await?;
         let mut found = HashMap::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get(0).map_err(Error::database)?;

@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_BATCH_SIZE: usize = 256;
 /// Default number of writes (and, separately, reads) that may wait for a connection before
 /// callers are made to wait: 10,000.
 pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 10_000;
+/// Default largest encoded state a write accepts: 10 MiB.
+pub const DEFAULT_MAX_STATE_BYTES: usize = 10 * 1024 * 1024;
 /// Default `application_name` reported to the server: `durablestore-postgres`.
 pub const DEFAULT_APPLICATION_NAME: &str = "durablestore-postgres";
 
@@ -137,6 +139,8 @@ pub struct Config {
     pub(crate) version_check: VersionCheck,
     pub(crate) max_batch_size: usize,
     pub(crate) max_pending_requests: usize,
+    pub(crate) statement_timeout: Option<Duration>,
+    pub(crate) max_state_bytes: usize,
 }
 
 impl Config {
@@ -178,6 +182,8 @@ impl Config {
             version_check: VersionCheck::default(),
             max_batch_size: DEFAULT_MAX_BATCH_SIZE,
             max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
+            statement_timeout: None,
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
         }
     }
 
@@ -310,6 +316,29 @@ impl Config {
         self
     }
 
+    /// The longest a statement may run. The server cancels it then (`statement_timeout` is set
+    /// on each connection of an owned pool), and the client gives up one second later in case
+    /// the server cannot even do that (a stopped or partitioned server); either way the call
+    /// fails with [`Error::Timeout`] and the connection is replaced. Statements of a batch
+    /// share the bound.
+    ///
+    /// Defaults to none: a statement may wait as long as the server lets it (e.g. on a lock).
+    #[must_use]
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = (!timeout.is_zero()).then_some(timeout);
+        self
+    }
+
+    /// The largest encoded state (`state_payload`) a write accepts; larger ones fail with
+    /// [`InvalidInput::StateTooLarge`] before reaching the database.
+    ///
+    /// Defaults to [`DEFAULT_MAX_STATE_BYTES`] (10 MiB).
+    #[must_use]
+    pub fn max_state_bytes(mut self, max: usize) -> Self {
+        self.max_state_bytes = max;
+        self
+    }
+
     /// The `application_name` reported to the server (visible in `pg_stat_activity`).
     ///
     /// Defaults to [`DEFAULT_APPLICATION_NAME`].
@@ -427,6 +456,8 @@ impl fmt::Debug for Config {
             .field("version_check", &self.version_check)
             .field("max_batch_size", &self.max_batch_size)
             .field("max_pending_requests", &self.max_pending_requests)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("max_state_bytes", &self.max_state_bytes)
             .finish()
     }
 }

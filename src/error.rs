@@ -49,6 +49,15 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// A statement did not finish within the configured statement timeout: the server
+    /// cancelled it (SQLSTATE 57014), or did not answer at all. Whether a write that timed out
+    /// was applied is unknown; sending it again is safe (see [`crate::WriteOutcome::AlreadyStored`]).
+    #[error("statement did not finish within {timeout:?}")]
+    Timeout {
+        /// The configured statement timeout.
+        timeout: Duration,
+    },
+
     /// Connecting to the database failed (refused, unreachable, wrong password, unknown
     /// database...). `source` is the driver's error for the most recent attempt.
     #[error("database unavailable: {}", DisplayPg(source))]
@@ -165,6 +174,16 @@ pub enum InvalidInput {
         /// The rejected value.
         value: u64,
     },
+    /// The encoded state is larger than the configured maximum.
+    #[error("state of `{persistence_id}` is {len} bytes; at most {max} are allowed")]
+    StateTooLarge {
+        /// The entity whose state was rejected.
+        persistence_id: String,
+        /// Its encoded size in bytes.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
     /// A schema or table name is not a plain SQL identifier.
     #[error("invalid {kind} name `{name}`: {reason}")]
     InvalidIdentifier {
@@ -192,7 +211,10 @@ impl Error {
     /// transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::PoolTimeout { .. } | Error::Unavailable { .. } | Error::NotConnected => true,
+            Error::PoolTimeout { .. }
+            | Error::Timeout { .. }
+            | Error::Unavailable { .. }
+            | Error::NotConnected => true,
             Error::Database { source } => {
                 source.is_closed()
                     || source.code().is_none()

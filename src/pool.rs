@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use bb8::{ErrorSink, ManageConnection, PooledConnection, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Socket, Statement};
@@ -19,12 +21,42 @@ use crate::error::{DisplayPg, Error};
 use crate::sql::{Sql, Stmt};
 
 /// A checked-out connection; returns to its pool when dropped.
-pub(crate) struct PooledClient(Box<dyn Conn>);
+pub(crate) struct PooledClient {
+    conn: Box<dyn Conn>,
+    statement_timeout: Option<Duration>,
+}
+
+/// How long the client waits beyond the statement timeout for the server to cancel a statement
+/// before it gives up on the connection itself.
+const CLIENT_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 
 impl PooledClient {
-    /// The connection.
-    pub(crate) fn client(&self) -> &Client {
-        self.0.client()
+    /// Runs `work` on the connection within the statement timeout (plus a grace period for the
+    /// server to cancel it itself). On expiry the connection is marked broken, so the pool
+    /// replaces it rather than reuse a connection whose state is unknown.
+    async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, Error> {
+        let Some(timeout) = self.statement_timeout else {
+            return work.await.map_err(Error::database);
+        };
+        match tokio::time::timeout(timeout + CLIENT_TIMEOUT_GRACE, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) if error.code() == Some(&SqlState::QUERY_CANCELED) => {
+                Err(Error::Timeout { timeout })
+            }
+            Ok(Err(error)) => Err(Error::database(error)),
+            Err(_) => {
+                self.conn.mark_broken();
+                Err(Error::Timeout { timeout })
+            }
+        }
+    }
+
+    /// Runs SQL text with the simple query protocol (no parameters), within the timeout.
+    pub(crate) async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
+        self.bounded(self.conn.client().batch_execute(sql)).await
     }
 
     /// Runs one of the store's statements: prepared once per connection on an owned pool (no
@@ -35,9 +67,18 @@ impl PooledClient {
         sql: &Sql,
         which: Stmt,
         params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, Error> {
+        self.bounded(self.query_unbounded(sql, which, params)).await
+    }
+
+    async fn query_unbounded(
+        &self,
+        sql: &Sql,
+        which: Stmt,
+        params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let client = self.0.client();
-        let Some(prepared) = self.0.prepared() else {
+        let client = self.conn.client();
+        let Some(prepared) = self.conn.prepared() else {
             return client.query_typed(sql.text(which), params).await;
         };
         let statement = prepared.statements[which as usize]
@@ -55,6 +96,9 @@ impl PooledClient {
 trait Conn: Send + Sync {
     fn client(&self) -> &Client;
     fn prepared(&self) -> Option<&Prepared>;
+    /// Makes the pool drop this connection when it comes back (a no-op on borrowed pools,
+    /// whose manager we do not control).
+    fn mark_broken(&self);
 }
 
 /// A connection of an owned pool: the client and its prepared statements.
@@ -64,6 +108,7 @@ trait Conn: Send + Sync {
 struct PreparedClient {
     client: Client,
     prepared: Prepared,
+    broken: AtomicBool,
 }
 
 #[derive(Default)]
@@ -85,6 +130,8 @@ where
     fn prepared(&self) -> Option<&Prepared> {
         None
     }
+
+    fn mark_broken(&self) {}
 }
 
 impl<T> Conn for PooledConnection<'static, OwnedManager<T>>
@@ -100,6 +147,10 @@ where
 
     fn prepared(&self) -> Option<&Prepared> {
         Some(&self.prepared)
+    }
+
+    fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
     }
 }
 
@@ -121,6 +172,7 @@ where
         Ok(PreparedClient {
             client,
             prepared: Prepared::default(),
+            broken: AtomicBool::new(false),
         })
     }
 
@@ -129,12 +181,12 @@ where
     }
 
     fn has_broken(&self, conn: &mut PreparedClient) -> bool {
-        conn.client.is_closed()
+        conn.client.is_closed() || *conn.broken.get_mut()
     }
 }
 
 type GetFuture<'a> = Pin<
-    Box<dyn Future<Output = Result<PooledClient, RunError<tokio_postgres::Error>>> + Send + 'a>,
+    Box<dyn Future<Output = Result<Box<dyn Conn>, RunError<tokio_postgres::Error>>> + Send + 'a>,
 >;
 
 /// A bb8 pool of any TLS flavour, with the TLS type erased so the store actor is not generic.
@@ -156,7 +208,7 @@ macro_rules! source_for {
             fn get(&self) -> GetFuture<'_> {
                 Box::pin(async move {
                     let conn = self.get_owned().await?;
-                    Ok(PooledClient(Box::new(conn)))
+                    Ok(Box::new(conn) as Box<dyn Conn>)
                 })
             }
         }
@@ -173,6 +225,7 @@ pub(crate) struct Connections {
     /// Connection errors of an owned pool; a borrowed pool's errors go to its own sink.
     errors: Option<ConnectErrors>,
     checkout_timeout: Duration,
+    statement_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Connections {
@@ -190,10 +243,17 @@ impl Connections {
     pub(crate) fn build(config: &Config) -> Result<Self, Error> {
         config.validate()?;
         let errors = ConnectErrors::default();
-        let manager = OwnedManager(PostgresConnectionManager::new(
-            config.pg.clone(),
-            tokio_postgres::NoTls,
-        ));
+        let mut pg = config.pg.clone();
+        if let Some(timeout) = config.statement_timeout {
+            // Set at connection start: no extra round trip, and it holds for every statement.
+            let options = format!(
+                "{} -c statement_timeout={}",
+                pg.get_options().unwrap_or_default(),
+                timeout.as_millis().max(1)
+            );
+            pg.options(options.trim_start());
+        }
+        let manager = OwnedManager(PostgresConnectionManager::new(pg, tokio_postgres::NoTls));
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let pool = bb8::Pool::builder()
             .max_size(config.max_connections)
@@ -211,11 +271,18 @@ impl Connections {
             source: Arc::new(pool),
             errors: Some(errors),
             checkout_timeout: config.checkout_timeout,
+            statement_timeout: config.statement_timeout,
         })
     }
 
     /// Uses a caller's pool; the caller keeps ownership and its settings.
-    pub(crate) fn borrow<T>(pool: bb8::Pool<PostgresConnectionManager<T>>) -> Self
+    ///
+    /// The server-side statement timeout is the pool's business (its connection options); the
+    /// client-side bound of `statement_timeout` still applies.
+    pub(crate) fn borrow<T>(
+        pool: bb8::Pool<PostgresConnectionManager<T>>,
+        statement_timeout: Option<Duration>,
+    ) -> Self
     where
         T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
         T::Stream: Send + Sync,
@@ -226,6 +293,7 @@ impl Connections {
             checkout_timeout: pool.config().connection_timeout,
             source: Arc::new(pool),
             errors: None,
+            statement_timeout,
         }
     }
 
@@ -245,7 +313,7 @@ impl Connections {
         };
         tokio::select! {
             result = self.source.get() => match result {
-                Ok(client) => Ok(client),
+                Ok(conn) => Ok(PooledClient { conn, statement_timeout: self.statement_timeout }),
                 Err(RunError::User(source)) => Err(Error::Unavailable { source: Arc::new(source) }),
                 Err(RunError::TimedOut) => Err(match self.errors.as_ref().and_then(|e| e.latest_since(started)) {
                     Some(source) => Error::Unavailable { source },

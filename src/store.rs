@@ -79,7 +79,7 @@ impl DurableStoreActor {
         T::TlsConnect: Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
-        let connections = Connections::borrow(pool);
+        let connections = Connections::borrow(pool, config.statement_timeout);
         DurableStoreActor {
             store: Some(Arc::new(Store::start(connections.clone(), &config))),
             config,
@@ -255,6 +255,7 @@ fn error_name(error: &Error) -> &'static str {
     match error {
         Error::VersionConflict { .. } => "version_conflict",
         Error::PoolTimeout { .. } => "pool_timeout",
+        Error::Timeout { .. } => "timeout",
         Error::Unavailable { .. } => "unavailable",
         Error::NotConnected => "not_connected",
         Error::Database { .. } => "database_error",
