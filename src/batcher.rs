@@ -41,6 +41,7 @@ struct Shared {
     sql: Sql,
     version_check: VersionCheck,
     max_batch_size: usize,
+    max_state_bytes: usize,
 }
 
 /// The database side of a store. Dropping it closes the queues: workers finish what is
@@ -60,6 +61,7 @@ impl Store {
             sql: Sql::new(config),
             version_check: config.version_check,
             max_batch_size: config.max_batch_size,
+            max_state_bytes: config.max_state_bytes,
         });
         let (writes, write_queue) = mpsc::channel(config.max_pending_requests);
         let (reads, read_queue) = mpsc::channel(config.max_pending_requests);
@@ -82,7 +84,7 @@ impl Store {
 
     /// Validates `state`, queues it and waits for its batch's answer.
     pub(crate) async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
-        let row = StateRow::encode(state)?;
+        let row = StateRow::encode(state)?.check_size(self.shared.max_state_bytes)?;
         let (reply, answer) = oneshot::channel();
         let pending = PendingWrite {
             row,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use actix::{Actor, Context, Handler};
 
-use crate::config::VersionCheck;
+use crate::config::{DEFAULT_MAX_STATE_BYTES, VersionCheck};
 use crate::error::Error;
 use crate::messages::{CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState};
 use crate::state::{DurableState, StateRow, validate_persistence_id};
@@ -46,7 +46,7 @@ impl MemoryStore {
     }
 
     fn write(&mut self, state: DurableState) -> Result<WriteOutcome, Error> {
-        let row = StateRow::encode(state)?;
+        let row = StateRow::encode(state)?.check_size(DEFAULT_MAX_STATE_BYTES)?;
         if self.disconnected {
             return Err(Error::NotConnected);
         }

@@ -17,9 +17,9 @@ use crate::state::DurableState;
 #[rtype(result = "Result<WriteOutcome, Error>")]
 pub struct WriteState(pub DurableState);
 
-/// What a successful [`WriteState`] did.
+/// What a successful [`WriteState`] did. (Not `non_exhaustive`: a write either changed the
+/// stored state or found it already there.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum WriteOutcome {
     /// The state is now the stored one.
     Written,

@@ -257,6 +257,18 @@ impl StateRow {
         })
     }
 
+    /// Rejects a row whose payload is larger than `max` bytes.
+    pub(crate) fn check_size(self, max: usize) -> Result<Self, InvalidInput> {
+        if self.state_payload.len() > max {
+            return Err(InvalidInput::StateTooLarge {
+                persistence_id: self.persistence_id,
+                len: self.state_payload.len(),
+                max,
+            });
+        }
+        Ok(self)
+    }
+
     /// Turns a stored row back into a state; accepts both the native and the Go store's format.
     pub(crate) fn decode(self) -> Result<DurableState, Error> {
         let corrupt = |reason: String| Error::CorruptState {
