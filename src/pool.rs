@@ -312,7 +312,7 @@ impl Connections {
             }
         };
         tokio::select! {
-            result = self.source.get() => match result {
+            result = self.live() => match result {
                 Ok(conn) => Ok(PooledClient { conn, statement_timeout: self.statement_timeout }),
                 Err(RunError::User(source)) => Err(Error::Unavailable { source: Arc::new(source) }),
                 Err(RunError::TimedOut) => Err(match self.errors.as_ref().and_then(|e| e.latest_since(started)) {
@@ -321,6 +321,21 @@ impl Connections {
                 }),
             },
             source = fatal => Err(Error::Unavailable { source }),
+        }
+    }
+}
+
+impl Connections {
+    /// A pooled connection that is not known to be closed. bb8 checks for broken connections
+    /// only when they come back; an idle one whose server went away (a restart) would fail the
+    /// next statement. `is_closed` costs no round trip, so closed ones are discarded here.
+    async fn live(&self) -> Result<Box<dyn Conn>, RunError<tokio_postgres::Error>> {
+        loop {
+            let conn = self.source.get().await?;
+            if !conn.client().is_closed() {
+                return Ok(conn);
+            }
+            conn.mark_broken();
         }
     }
 }

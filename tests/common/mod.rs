@@ -1,6 +1,8 @@
 //! Shared fixtures of the integration tests.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use actix::{Actor, Addr};
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::{Config, DurableState, DurableStoreActor};
