@@ -65,8 +65,14 @@ impl Store {
         });
         let (writes, write_queue) = mpsc::channel(config.max_pending_requests);
         let (reads, read_queue) = mpsc::channel(config.max_pending_requests);
-        let write_queue = Arc::new(Mutex::new(write_queue));
-        let read_queue = Arc::new(Mutex::new(read_queue));
+        let write_queue = Arc::new(Mutex::new(Queue {
+            receiver: write_queue,
+            held: None,
+        }));
+        let read_queue = Arc::new(Mutex::new(Queue {
+            receiver: read_queue,
+            held: None,
+        }));
         for _ in 0..config.max_connections {
             tokio::spawn(work(
                 write_queue.clone(),
@@ -123,10 +129,39 @@ impl Store {
     }
 }
 
-/// A worker: takes at least one queued request and at most a batch of them, runs the batch,
-/// repeats until the queue is closed and empty.
-async fn work<T, F, Fut>(queue: Arc<Mutex<mpsc::Receiver<T>>>, shared: Arc<Shared>, run: F)
+/// Most bytes of state one batch carries, whatever `max_batch_size` allows: PostgreSQL refuses
+/// messages over 1 GiB, and a smaller statement keeps any one batch's latency in check.
+const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// A queued request and the bytes it adds to a batch.
+trait Queued {
+    fn bytes(&self) -> usize;
+}
+
+impl Queued for PendingWrite {
+    fn bytes(&self) -> usize {
+        self.row.state_payload.len() + self.row.persistence_id.len()
+    }
+}
+
+impl Queued for PendingRead {
+    fn bytes(&self) -> usize {
+        self.persistence_id.len()
+    }
+}
+
+/// A request queue shared by the workers, with room for one request taken from the channel but
+/// left for the next batch because it did not fit in this one.
+struct Queue<T> {
+    receiver: mpsc::Receiver<T>,
+    held: Option<T>,
+}
+
+/// A worker: takes at least one queued request and at most a batch of them (by count and by
+/// bytes), runs the batch, repeats until the queue is closed and empty.
+async fn work<T, F, Fut>(queue: Arc<Mutex<Queue<T>>>, shared: Arc<Shared>, run: F)
 where
+    T: Queued,
     F: Fn(Arc<Shared>, Vec<T>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
@@ -134,14 +169,26 @@ where
         let batch = {
             // One worker at a time waits on the queue; the others are running batches.
             let mut queue = queue.lock().await;
-            let Some(first) = queue.recv().await else {
-                return;
+            let first = match queue.held.take() {
+                Some(held) => held,
+                None => match queue.receiver.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
             };
+            let mut bytes = first.bytes();
             let mut batch = Vec::with_capacity(shared.max_batch_size.min(64));
             batch.push(first);
             while batch.len() < shared.max_batch_size {
-                match queue.try_recv() {
-                    Ok(next) => batch.push(next),
+                match queue.receiver.try_recv() {
+                    Ok(next) if bytes + next.bytes() > MAX_BATCH_BYTES => {
+                        queue.held = Some(next);
+                        break;
+                    }
+                    Ok(next) => {
+                        bytes += next.bytes();
+                        batch.push(next);
+                    }
                     Err(_) => break,
                 }
             }
@@ -219,19 +266,22 @@ impl Shared {
                 .await?;
             return Ok(rows.iter().map(|_| Ok(WriteOutcome::Written)).collect());
         }
+        // If this fails, the statement (atomic) wrote nothing; past it, the written rows are
+        // committed and must be reported as written whatever happens next.
         let written = client.query(&self.sql, Stmt::WriteChecked, &params).await?;
-        let mut is_written = vec![false; rows.len()];
+        let mut is_written = vec![written.len() == rows.len(); rows.len()];
         if written.len() < rows.len() {
             let index: HashMap<&str, usize> =
                 ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
             for record in &written {
-                let id: &str = record.try_get(0).map_err(Error::database)?;
-                if let Some(&i) = index.get(id) {
+                if let Some(&i) = record
+                    .try_get::<_, &str>(0)
+                    .ok()
+                    .and_then(|id| index.get(id))
+                {
                     is_written[i] = true;
                 }
             }
-        } else {
-            is_written.fill(true);
         }
         // Rows not written are a conflict or an idempotent retry; a fresh read (a new
         // statement, so a new snapshot) tells which, and the version that is stored now.
@@ -241,16 +291,11 @@ impl Shared {
             .filter(|(_, written)| !**written)
             .map(|(id, _)| *id)
             .collect();
-        let mut stored: HashMap<String, StateRow> = HashMap::new();
-        if !refused.is_empty() {
-            let current = client
-                .query(&self.sql, Stmt::Select, &[(&refused, Type::TEXT_ARRAY)])
-                .await?;
-            for record in &current {
-                let row = read_row(record)?;
-                stored.insert(row.persistence_id.clone(), row);
-            }
-        }
+        let stored = if refused.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            self.current_rows(client, &refused).await
+        };
         Ok(rows
             .iter()
             .zip(is_written)
@@ -258,6 +303,7 @@ impl Shared {
                 if written {
                     return Ok(WriteOutcome::Written);
                 }
+                let stored = stored.as_ref().map_err(Clone::clone)?;
                 match stored.get(&row.persistence_id) {
                     Some(s)
                         if s.version_number == row.version_number
@@ -270,6 +316,23 @@ impl Shared {
                 }
             })
             .collect())
+    }
+
+    /// The stored rows of `ids`, by id.
+    async fn current_rows(
+        &self,
+        client: &PooledClient,
+        ids: &[&str],
+    ) -> Result<HashMap<String, StateRow>, Error> {
+        let current = client
+            .query(&self.sql, Stmt::Select, &[(&ids, Type::TEXT_ARRAY)])
+            .await?;
+        let mut stored = HashMap::with_capacity(current.len());
+        for record in &current {
+            let row = read_row(record)?;
+            stored.insert(row.persistence_id.clone(), row);
+        }
+        Ok(stored)
     }
 
     async fn read_batch(self: Arc<Self>, batch: Vec<PendingRead>) {

@@ -34,6 +34,10 @@ pub const DEFAULT_MAX_STATE_BYTES: usize = 10 * 1024 * 1024;
 /// Default `application_name` reported to the server: `durablestore-postgres`.
 pub const DEFAULT_APPLICATION_NAME: &str = "durablestore-postgres";
 
+/// Upper bounds that keep the queues and statements of a store allocatable.
+const MAX_BATCH_SIZE_LIMIT: usize = 100_000;
+const MAX_PENDING_REQUESTS_LIMIT: usize = 10_000_000;
+
 /// PostgreSQL's limit on identifier length (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_LEN: usize = 63;
 
@@ -388,14 +392,29 @@ impl Config {
         if self.pg.get_user().is_none() {
             return invalid("no user given");
         }
+        self.validate_store()
+    }
+
+    /// The checks of the settings a store uses whoever owns the pool.
+    pub(crate) fn validate_store(&self) -> Result<(), Error> {
+        let invalid = |msg: &str| Err(Error::InvalidConfig(msg.to_owned()));
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1");
         }
         if self.min_idle_connections > self.max_connections {
             return invalid("min_idle_connections must not exceed max_connections");
         }
-        if self.max_batch_size == 0 || self.max_pending_requests == 0 {
-            return invalid("max_batch_size and max_pending_requests must be at least 1");
+        if !(1..=MAX_BATCH_SIZE_LIMIT).contains(&self.max_batch_size) {
+            return invalid("max_batch_size must be between 1 and 100,000");
+        }
+        if !(1..=MAX_PENDING_REQUESTS_LIMIT).contains(&self.max_pending_requests) {
+            return invalid("max_pending_requests must be between 1 and 10,000,000");
+        }
+        if self
+            .statement_timeout
+            .is_some_and(|t| t.as_millis() > i32::MAX as u128)
+        {
+            return invalid("statement_timeout must be at most i32::MAX milliseconds (~24 days)");
         }
         if self.checkout_timeout.is_zero() {
             return invalid("checkout_timeout must be greater than zero");

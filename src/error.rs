@@ -27,8 +27,8 @@ use tokio_postgres::error::SqlState;
 pub enum Error {
     /// A write was refused because the stored version is not the one the write builds on.
     ///
-    /// Nothing was written. `stored` is the version the statement saw (`0` when the id had no
-    /// row); a concurrent writer may have moved it on since.
+    /// Nothing was written. `stored` is the version read right after the write was refused
+    /// (`0` when the id has no row); a concurrent writer may have moved it on since.
     #[error(
         "version conflict for `{persistence_id}`: attempted version {attempted}, stored version {stored}"
     )]
@@ -219,7 +219,7 @@ impl Error {
                 source.is_closed()
                     || source.code().is_none()
                     || source.code().is_some_and(|code| {
-                        let class = &code.code()[..2];
+                        let class = code.code().get(..2).unwrap_or_default();
                         // 08: connection exception, 40: serialization failure / deadlock,
                         // 53: insufficient resources, 57: operator intervention (shutdown,
                         // query canceled by statement_timeout).

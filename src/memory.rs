@@ -46,10 +46,10 @@ impl MemoryStore {
     }
 
     fn write(&mut self, state: DurableState) -> Result<WriteOutcome, Error> {
-        let row = StateRow::encode(state)?.check_size(DEFAULT_MAX_STATE_BYTES)?;
         if self.disconnected {
             return Err(Error::NotConnected);
         }
+        let row = StateRow::encode(state)?.check_size(DEFAULT_MAX_STATE_BYTES)?;
         let stored = self.rows.get(&row.persistence_id);
         if self.version_check == VersionCheck::Sequential {
             let stored_version = stored.map_or(0, |s| s.version_number);
@@ -73,10 +73,10 @@ impl MemoryStore {
     }
 
     fn get(&self, persistence_id: &str) -> Result<Option<DurableState>, Error> {
-        validate_persistence_id(persistence_id)?;
         if self.disconnected {
             return Err(Error::NotConnected);
         }
+        validate_persistence_id(persistence_id)?;
         self.rows
             .get(persistence_id)
             .cloned()
@@ -118,6 +118,9 @@ impl Handler<CreateSchema> for MemoryStore {
     type Result = Result<(), Error>;
 
     fn handle(&mut self, _: CreateSchema, _ctx: &mut Self::Context) -> Self::Result {
+        if self.disconnected {
+            return Err(Error::NotConnected);
+        }
         Ok(())
     }
 }

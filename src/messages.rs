@@ -12,7 +12,10 @@ use crate::state::DurableState;
 /// Replies [`WriteOutcome::Written`] when the state was stored, [`WriteOutcome::AlreadyStored`]
 /// when exactly this version, payload and manifest were already stored (a retry after a lost
 /// reply), and [`Error::VersionConflict`] when the version does not follow the stored one
-/// (see [`crate::VersionCheck`]). On any error nothing was written.
+/// (see [`crate::VersionCheck`]). On an error nothing was written, with one exception: when
+/// the outcome cannot be known ([`Error::Timeout`], or a connection that broke mid-statement),
+/// the write may have been applied. Sending the same state again is then safe: it is answered
+/// `AlreadyStored` if it was.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<WriteOutcome, Error>")]
 pub struct WriteState(pub DurableState);

@@ -41,7 +41,7 @@ impl PooledClient {
         let Some(timeout) = self.statement_timeout else {
             return work.await.map_err(Error::database);
         };
-        match tokio::time::timeout(timeout + CLIENT_TIMEOUT_GRACE, work).await {
+        match tokio::time::timeout(timeout.saturating_add(CLIENT_TIMEOUT_GRACE), work).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) if error.code() == Some(&SqlState::QUERY_CANCELED) => {
                 Err(Error::Timeout { timeout })

@@ -22,8 +22,12 @@ use crate::state::DurableState;
 /// that queues the request for one of `max_connections` workers. A worker with nothing to do
 /// sends a lone request at once; requests that queue while every worker is busy are sent
 /// together as one multi-row statement and one commit (group commit), each caller still
-/// getting its own answer. Writes of different entities run concurrently up to the pool size;
-/// writes of one entity keep their order.
+/// getting its own answer. Writes of different entities run concurrently up to the pool size.
+/// A write sent after the previous one of the same entity was answered (as
+/// [`DurableEntity`](crate::DurableEntity) does) is applied after it; two writes of one entity
+/// sent without waiting may land in different batches and apply in either order — with
+/// [`VersionCheck::Sequential`](crate::VersionCheck) the late one is then refused, never
+/// applied over a newer version.
 ///
 /// The pool is either owned (built from a [`Config`] by [`DurableStoreActor::new`], closed
 /// when the actor stops or on [`Disconnect`]) or borrowed (a caller's pool given to
@@ -69,22 +73,30 @@ impl DurableStoreActor {
         })
     }
 
-    /// A store that runs on the caller's pool, like eGo's `NewDurableStoreWithPool`. Only the
-    /// schema, table and version rule of `config` are used; the pool keeps its own settings and
-    /// stays open when the actor stops.
-    pub fn with_pool<T>(pool: bb8::Pool<PostgresConnectionManager<T>>, config: Config) -> Self
+    /// A store that runs on the caller's pool, like eGo's `NewDurableStoreWithPool`. The
+    /// connection and pool settings of `config` are ignored (the pool keeps its own, and stays
+    /// open when the actor stops); its schema, table, version rule, batching and timeouts apply.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when those settings cannot work (e.g. `max_connections(0)`).
+    pub fn with_pool<T>(
+        pool: bb8::Pool<PostgresConnectionManager<T>>,
+        config: Config,
+    ) -> Result<Self, Error>
     where
         T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
         T::Stream: Send + Sync,
         T::TlsConnect: Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
+        config.validate_store()?;
         let connections = Connections::borrow(pool, config.statement_timeout);
-        DurableStoreActor {
-            store: Some(Arc::new(Store::start(connections.clone(), &config))),
+        // The workers start with the actor (`started`), inside its runtime.
+        Ok(DurableStoreActor {
+            store: None,
             config,
             origin: Origin::Borrowed(connections),
-        }
+        })
     }
 
     /// The store to run a message on, or [`Error::NotConnected`] after a disconnect.

@@ -118,12 +118,22 @@ async fn connect(url: &str) -> Result<Client, Error> {
 }
 
 /// A uniquely named schema, with the store's table created, on the test server.
-#[derive(Debug)]
 pub struct TestDatabase {
     url: String,
     schema: Identifier,
     config: Config,
     cleaned: bool,
+}
+
+impl std::fmt::Debug for TestDatabase {
+    /// Shows the connection through [`Config`]'s `Debug`, which hides the password (the URL
+    /// would not).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDatabase")
+            .field("schema", &self.schema)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TestDatabase {

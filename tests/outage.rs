@@ -50,7 +50,15 @@ async fn restart_and_crash_under_load_lose_no_acknowledged_write() {
     store.send(CreateSchema).await.unwrap().unwrap();
 
     let entities: Vec<Addr<DurableEntity<Account>>> = (0..ENTITIES)
-        .map(|i| DurableEntity::new(Account { id: format!("acct-{i}") }, store.clone()).start())
+        .map(|i| {
+            DurableEntity::new(
+                Account {
+                    id: format!("acct-{i}"),
+                },
+                store.clone(),
+            )
+            .start()
+        })
         .collect();
     // Per entity: highest acknowledged version, and when it last succeeded.
     let acked = Rc::new(RefCell::new(vec![0_u64; ENTITIES]));
@@ -62,8 +70,12 @@ async fn restart_and_crash_under_load_lose_no_acknowledged_write() {
     let bound = Duration::from_secs(10);
 
     let writers = entities.iter().enumerate().map(|(i, entity)| {
-        let (acked, last_ok, errors, running) =
-            (acked.clone(), last_ok.clone(), errors.clone(), running.clone());
+        let (acked, last_ok, errors, running) = (
+            acked.clone(),
+            last_ok.clone(),
+            errors.clone(),
+            running.clone(),
+        );
         async move {
             while *running.borrow() {
                 let reply = tokio::time::timeout(bound, entity.send(Deposit(1)))
@@ -92,8 +104,12 @@ async fn restart_and_crash_under_load_lose_no_acknowledged_write() {
         }
     });
     let orchestration = {
-        let (cluster, last_ok, running, errors) =
-            (cluster.clone(), last_ok.clone(), running.clone(), errors.clone());
+        let (cluster, last_ok, running, errors) = (
+            cluster.clone(),
+            last_ok.clone(),
+            running.clone(),
+            errors.clone(),
+        );
         async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
             for mode in ["fast", "immediate"] {
@@ -130,7 +146,10 @@ async fn restart_and_crash_under_load_lose_no_acknowledged_write() {
     }
     for (i, (&stored, &acked)) in versions.iter().zip(acked.borrow().iter()).enumerate() {
         assert!(acked > 0, "acct-{i} wrote something");
-        assert!(stored >= acked, "acct-{i}: acknowledged {acked}, stored {stored}");
+        assert!(
+            stored >= acked,
+            "acct-{i}: acknowledged {acked}, stored {stored}"
+        );
     }
 }
 
@@ -149,7 +168,11 @@ async fn a_frozen_server_yields_timeouts_and_the_pool_recovers() {
         .statement_timeout(timeout);
     let store = DurableStoreActor::new(config).unwrap().start();
     store.send(CreateSchema).await.unwrap().unwrap();
-    store.send(WriteState(state("a", 1, 1))).await.unwrap().unwrap();
+    store
+        .send(WriteState(state("a", 1, 1)))
+        .await
+        .unwrap()
+        .unwrap();
 
     // SIGSTOP the postmaster and its backends: nothing answers, nothing is refused.
     cluster.signal_all("STOP");
@@ -162,7 +185,10 @@ async fn a_frozen_server_yields_timeouts_and_the_pool_recovers() {
             .unwrap_or_else(|_| panic!("{label} hung"))
             .unwrap();
         assert!(
-            matches!(result, Err(Error::Timeout { .. } | Error::PoolTimeout { .. })),
+            matches!(
+                result,
+                Err(Error::Timeout { .. } | Error::PoolTimeout { .. })
+            ),
             "{label}: {result:?}"
         );
     }
@@ -194,8 +220,18 @@ async fn a_frozen_server_yields_timeouts_and_the_pool_recovers() {
     // Whether `a` v2 was applied before the freeze is unknown to the caller; retrying it is
     // safe either way.
     let retry = store.send(WriteState(state("a", 2, 2))).await.unwrap();
-    assert!(matches!(retry, Ok(WriteOutcome::Written | WriteOutcome::AlreadyStored)), "{retry:?}");
-    let read = store.send(GetLatestState("a".into())).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            retry,
+            Ok(WriteOutcome::Written | WriteOutcome::AlreadyStored)
+        ),
+        "{retry:?}"
+    );
+    let read = store
+        .send(GetLatestState("a".into()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(read.map(|s| s.version_number), Some(2));
 }
 
@@ -241,7 +277,10 @@ async fn wrong_password_is_reported_at_once_and_never_printed() {
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"));
     let display = err.to_string();
-    assert!(display.contains("password authentication failed"), "{display}");
+    assert!(
+        display.contains("password authentication failed"),
+        "{display}"
+    );
     let err_write = store
         .send(WriteState(state("a", 1, 1)))
         .await
@@ -249,7 +288,10 @@ async fn wrong_password_is_reported_at_once_and_never_printed() {
         .unwrap_err();
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("password authentication failed"), "the logs were captured: {logs}");
+    assert!(
+        logs.contains("password authentication failed"),
+        "the logs were captured: {logs}"
+    );
     for text in [
         display,
         format!("{err:?}"),
@@ -263,7 +305,13 @@ async fn wrong_password_is_reported_at_once_and_never_printed() {
     }
 
     // The right password works.
-    let right = Config::new("127.0.0.1", cluster.port, "postgres", "the-right-secret", "postgres");
+    let right = Config::new(
+        "127.0.0.1",
+        cluster.port,
+        "postgres",
+        "the-right-secret",
+        "postgres",
+    );
     let store = DurableStoreActor::new(right).unwrap().start();
     store.send(Ping).await.unwrap().unwrap();
 }

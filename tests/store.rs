@@ -517,7 +517,9 @@ async fn borrowed_pool_stays_open_for_its_owner() {
         .await
         .unwrap();
 
-    let store = DurableStoreActor::with_pool(pool.clone(), db.config()).start();
+    let store = DurableStoreActor::with_pool(pool.clone(), db.config())
+        .unwrap()
+        .start();
     store
         .send(WriteState(state("a", 1, 1)))
         .await

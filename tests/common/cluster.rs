@@ -28,12 +28,11 @@ pub fn unavailable() -> Option<String> {
 }
 
 fn as_postgres(program: &str, args: &[&str]) -> Output {
-    let output = Command::new("runuser")
+    Command::new("runuser")
         .args(["-u", "postgres", "--", &format!("{BIN}/{program}")])
         .args(args)
         .output()
-        .expect("runuser");
-    output
+        .expect("runuser")
 }
 
 fn check(what: &str, output: Output) {
@@ -60,7 +59,10 @@ impl Cluster {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status();
+        let status = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status();
         assert!(status.map(|s| s.success()).unwrap_or(false), "chown");
         dir
     }
@@ -75,10 +77,22 @@ impl Cluster {
             "initdb",
             as_postgres(
                 "initdb",
-                &["-D", data_str, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+                &[
+                    "-D",
+                    data_str,
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ],
             ),
         );
-        let cluster = Cluster { dir, port: free_port() };
+        let cluster = Cluster {
+            dir,
+            port: free_port(),
+        };
         cluster.append_conf(&format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
              fsync = on\nmax_connections = 50\nshared_buffers = 16MB\n{conf}\n",
@@ -113,7 +127,12 @@ impl Cluster {
     fn ctl(&self, args: &[&str]) -> Output {
         let data = self.data();
         let log = self.dir.join("log");
-        let mut all = vec!["-D", data.to_str().expect("utf8"), "-l", log.to_str().expect("utf8")];
+        let mut all = vec![
+            "-D",
+            data.to_str().expect("utf8"),
+            "-l",
+            log.to_str().expect("utf8"),
+        ];
         all.extend_from_slice(args);
         as_postgres("pg_ctl", &all)
     }
@@ -122,7 +141,10 @@ impl Cluster {
         let output = self.ctl(&["-w", "-t", "60", "start"]);
         if !output.status.success() {
             let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
-            panic!("pg_ctl start failed: {}\n{log}", String::from_utf8_lossy(&output.stderr));
+            panic!(
+                "pg_ctl start failed: {}\n{log}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
     }
 
@@ -148,7 +170,10 @@ impl Cluster {
         let Ok(pidfile) = std::fs::read_to_string(self.data().join("postmaster.pid")) else {
             return Vec::new();
         };
-        let Some(postmaster) = pidfile.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
+        let Some(postmaster) = pidfile
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
         else {
             return Vec::new();
         };
@@ -168,7 +193,10 @@ impl Cluster {
     /// Sends `signal` (e.g. `STOP`, `CONT`) to the postmaster and every backend.
     pub fn signal_all(&self, signal: &str) {
         for pid in self.pids() {
-            let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status();
         }
     }
 
