@@ -4,9 +4,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::config::{Host, SslMode};
+use rustls::pki_types::CertificateDer;
+use tokio_postgres::config::Host;
 
 use crate::error::{Error, InvalidInput, truncate};
+use crate::tls::{self, SslMode};
 
 /// Default schema holding the table: `public`.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -145,6 +147,8 @@ pub struct Config {
     pub(crate) max_pending_requests: usize,
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) max_state_bytes: usize,
+    pub(crate) ssl_mode: SslMode,
+    pub(crate) ssl_root_certs: Vec<CertificateDer<'static>>,
 }
 
 impl Config {
@@ -161,18 +165,19 @@ impl Config {
         Self::from_pg_config(pg)
     }
 
-    /// Wraps a fully configured [`tokio_postgres::Config`] (hosts, TLS mode, keepalives,
+    /// Wraps a fully configured [`tokio_postgres::Config`] (hosts, keepalives,
     /// `target_session_attrs`...). The application name defaults to
-    /// [`DEFAULT_APPLICATION_NAME`] when it has none, and the SSL mode to `disable` when the
-    /// config left it at tokio-postgres's default (`prefer`, which without a TLS connector is
-    /// the same thing).
+    /// [`DEFAULT_APPLICATION_NAME`] when it has none. TLS is set with [`Config::ssl_mode`]:
+    /// `require` in `pg` is kept, anything else (including tokio-postgres's default `prefer`)
+    /// becomes `disable`.
     pub fn from_pg_config(mut pg: tokio_postgres::Config) -> Self {
         if pg.get_application_name().is_none() {
             pg.application_name(DEFAULT_APPLICATION_NAME);
         }
-        if pg.get_ssl_mode() == SslMode::Prefer {
-            pg.ssl_mode(SslMode::Disable);
-        }
+        let ssl_mode = match pg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => SslMode::Require,
+            _ => SslMode::Disable,
+        };
         Config {
             pg,
             schema: Identifier(DEFAULT_SCHEMA.to_owned()),
@@ -188,6 +193,8 @@ impl Config {
             max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
             statement_timeout: None,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            ssl_mode,
+            ssl_root_certs: Vec::new(),
         }
     }
 
@@ -343,6 +350,32 @@ impl Config {
         self
     }
 
+    /// How the connection is protected (TLS through rustls), as libpq's `sslmode`.
+    /// `verify-ca` and `verify-full` need [`Config::ssl_root_cert_pem`].
+    ///
+    /// Defaults to [`SslMode::Disable`], or what the connection string's `sslmode` says.
+    #[must_use]
+    pub fn ssl_mode(mut self, mode: SslMode) -> Self {
+        self.ssl_mode = mode;
+        self
+    }
+
+    /// The root certificate(s), PEM-encoded, that the server's certificate must chain to in
+    /// `verify-ca` and `verify-full` modes (libpq's `sslrootcert`; a connection string's
+    /// `sslrootcert=<path>` is read into this).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `pem` holds no certificate.
+    pub fn ssl_root_cert_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
+        self.ssl_root_certs = tls::parse_roots(pem)?;
+        Ok(self)
+    }
+
+    /// The TLS mode.
+    pub fn get_ssl_mode(&self) -> SslMode {
+        self.ssl_mode
+    }
+
     /// The `application_name` reported to the server (visible in `pg_stat_activity`).
     ///
     /// Defaults to [`DEFAULT_APPLICATION_NAME`].
@@ -398,6 +431,11 @@ impl Config {
     /// The checks of the settings a store uses whoever owns the pool.
     pub(crate) fn validate_store(&self) -> Result<(), Error> {
         let invalid = |msg: &str| Err(Error::InvalidConfig(msg.to_owned()));
+        if matches!(self.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull)
+            && self.ssl_root_certs.is_empty()
+        {
+            return invalid("sslmode verify-ca and verify-full need a root certificate");
+        }
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1");
         }
@@ -429,19 +467,86 @@ impl Config {
 impl FromStr for Config {
     type Err = Error;
 
-    /// Parses a `postgres://` URL or a libpq `key=value` string, exactly as
-    /// [`tokio_postgres::Config`] does; store and pool settings take their defaults.
+    /// Parses a `postgres://` URL or a libpq `key=value` string as [`tokio_postgres::Config`]
+    /// does, plus libpq's `sslmode=verify-ca|verify-full` and `sslrootcert=<path>` (the file
+    /// is read here), which tokio-postgres does not know. Store and pool settings take their
+    /// defaults.
     fn from_str(s: &str) -> Result<Self, Error> {
+        let (rest, ssl_mode, root_cert) = tls_options(s)?;
         // tokio-postgres's parse error says only "invalid connection string"; its source says
         // what is wrong, and neither echoes the input, which could hold a password.
-        let pg = tokio_postgres::Config::from_str(s).map_err(|e| {
+        let pg = tokio_postgres::Config::from_str(&rest).map_err(|e| {
             let reason = std::error::Error::source(&e)
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| e.to_string());
             Error::InvalidConfig(format!("connection string: {reason}"))
         })?;
-        Ok(Self::from_pg_config(pg))
+        let mut config = Self::from_pg_config(pg);
+        if let Some(mode) = ssl_mode {
+            config.ssl_mode = mode;
+        }
+        if let Some(path) = root_cert {
+            let pem = std::fs::read(&path).map_err(|e| {
+                Error::InvalidConfig(format!("sslrootcert {}: {e}", truncate(&path, 200)))
+            })?;
+            config = config.ssl_root_cert_pem(&pem)?;
+        }
+        Ok(config)
     }
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a connection string, for the modes tokio-postgres
+/// does not parse. URL query parameters and unquoted `key=value` pairs are recognised; anything
+/// else is left for tokio-postgres to judge.
+fn tls_options(s: &str) -> Result<(String, Option<SslMode>, Option<String>), Error> {
+    let mut mode = None;
+    let mut root = None;
+    let mut take = |key: &str, value: &str| -> Result<bool, Error> {
+        match key {
+            "sslmode" => {
+                mode = Some(SslMode::parse(value).ok_or_else(|| {
+                    Error::InvalidConfig(format!("unknown sslmode `{}`", truncate(value, 40)))
+                })?);
+                Ok(true)
+            }
+            "sslrootcert" => {
+                root = Some(value.to_owned());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    };
+    let rest = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        match s.split_once('?') {
+            None => s.to_owned(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&') {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    if !take(key, value)? {
+                        kept.push(pair);
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        // Only the taken tokens are cut out; the rest (quoted values included) stays as written.
+        let mut rest = s.to_owned();
+        for token in s.split_whitespace() {
+            if let Some((key, value)) = token.split_once('=') {
+                if !value.starts_with('\'') && take(key, value)? {
+                    rest = rest.replacen(token, "", 1);
+                }
+            }
+        }
+        rest
+    };
+    Ok((rest, mode, root))
 }
 
 impl fmt::Debug for Config {
@@ -462,7 +567,8 @@ impl fmt::Debug for Config {
             .field("database", &self.pg.get_dbname())
             .field("user", &self.pg.get_user())
             .field("password", &self.pg.get_password().map(|_| "<redacted>"))
-            .field("ssl_mode", &self.pg.get_ssl_mode())
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_certs", &self.ssl_root_certs.len())
             .field("application_name", &self.pg.get_application_name())
             .field("schema", &self.schema)
             .field("table", &self.table)
@@ -493,7 +599,7 @@ mod tests {
         assert_eq!(c.pg.get_user(), Some("alice"));
         assert_eq!(c.pg.get_dbname(), Some("shop"));
         assert_eq!(c.pg.get_ports(), &[6543]);
-        assert_eq!(c.pg.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(c.ssl_mode, SslMode::Disable);
         assert_eq!(c.get_schema(), DEFAULT_SCHEMA);
         assert_eq!(c.get_table(), DEFAULT_TABLE);
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
@@ -522,6 +628,32 @@ mod tests {
         assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
         assert!(!err.to_string().contains("hunter2"));
         assert!(!format!("{err:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn libpq_ssl_options_are_taken_out_of_connection_strings() {
+        let url = "postgres://u:p@h/d?application_name=a&sslmode=verify-full&sslrootcert=/x/ca.pem&connect_timeout=3";
+        let (rest, mode, root) = tls_options(url).unwrap();
+        assert_eq!(
+            rest,
+            "postgres://u:p@h/d?application_name=a&connect_timeout=3"
+        );
+        assert_eq!(mode, Some(SslMode::VerifyFull));
+        assert_eq!(root.as_deref(), Some("/x/ca.pem"));
+        let kv = "host=h password='a  b' sslmode=require user=u";
+        let (rest, mode, root) = tls_options(kv).unwrap();
+        assert_eq!(mode, Some(SslMode::Require));
+        assert_eq!(root, None);
+        assert!(
+            rest.contains("password='a  b'"),
+            "quoted values untouched: {rest}"
+        );
+        assert!(!rest.contains("sslmode"));
+        let parsed: Config = kv.parse().unwrap();
+        assert_eq!(parsed.get_ssl_mode(), SslMode::Require);
+        assert!("host=h user=u sslmode=bogus".parse::<Config>().is_err());
+        let plain: Config = "postgres://u@h/d".parse().unwrap();
+        assert_eq!(plain.get_ssl_mode(), SslMode::Disable);
     }
 
     #[test]

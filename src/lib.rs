@@ -46,6 +46,7 @@ mod state;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod tls;
 
 pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, HandleCommand};
 pub use crate::behavior_test::{BehaviorTest, Then};
@@ -65,11 +66,12 @@ pub use crate::messages::{
 };
 pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN};
 pub use crate::store::DurableStoreActor;
+pub use crate::tls::SslMode;
 
 /// The DDL of the table, exactly as shipped in `resources/durablestore_postgres.sql`.
 pub const DDL: &str = crate::sql::DDL;
 
-pub use {actix, bb8, bb8_postgres, prost, prost_types, tokio_postgres};
+pub use {actix, bb8, bb8_postgres, prost, prost_types, rustls, tokio_postgres};
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

@@ -19,6 +19,7 @@ use tokio_postgres::{Client, Row, Socket, Statement};
 use crate::config::Config;
 use crate::error::{DisplayPg, Error};
 use crate::sql::{Sql, Stmt};
+use crate::tls;
 
 /// A checked-out connection; returns to its pool when dropped.
 pub(crate) struct PooledClient {
@@ -253,22 +254,14 @@ impl Connections {
             );
             pg.options(options.trim_start());
         }
-        let manager = OwnedManager(PostgresConnectionManager::new(pg, tokio_postgres::NoTls));
-        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
-        let pool = bb8::Pool::builder()
-            .max_size(config.max_connections)
-            .min_idle(Some(config.min_idle_connections).filter(|&n| n > 0))
-            .max_lifetime(nonzero(config.max_connection_lifetime))
-            .idle_timeout(nonzero(config.max_connection_idle_time))
-            .reaper_rate(config.health_check_period)
-            .connection_timeout(config.checkout_timeout)
-            // A round trip per checkout would double the latency of every write; a dead
-            // connection is caught by `Client::is_closed` (bb8's `has_broken`) instead.
-            .test_on_check_out(false)
-            .error_sink(Box::new(errors.clone()))
-            .build_unchecked(manager);
+        pg.ssl_mode(config.ssl_mode.negotiation());
+        let source: Arc<dyn Source> = match tls::connector(config.ssl_mode, &config.ssl_root_certs)?
+        {
+            None => Arc::new(owned_pool(config, &errors, pg, tokio_postgres::NoTls)),
+            Some(tls) => Arc::new(owned_pool(config, &errors, pg, tls)),
+        };
         Ok(Connections {
-            source: Arc::new(pool),
+            source,
             errors: Some(errors),
             checkout_timeout: config.checkout_timeout,
             statement_timeout: config.statement_timeout,
@@ -340,6 +333,34 @@ impl Connections {
     }
 }
 
+/// The owned bb8 pool for `config`, over connections made with `tls`.
+fn owned_pool<T>(
+    config: &Config,
+    errors: &ConnectErrors,
+    pg: tokio_postgres::Config,
+    tls: T,
+) -> bb8::Pool<OwnedManager<T>>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    bb8::Pool::builder()
+        .max_size(config.max_connections)
+        .min_idle(Some(config.min_idle_connections).filter(|&n| n > 0))
+        .max_lifetime(nonzero(config.max_connection_lifetime))
+        .idle_timeout(nonzero(config.max_connection_idle_time))
+        .reaper_rate(config.health_check_period)
+        .connection_timeout(config.checkout_timeout)
+        // A round trip per checkout would double the latency of every write; a dead
+        // connection is caught by `Client::is_closed` instead (on checkout and return).
+        .test_on_check_out(false)
+        .error_sink(Box::new(errors.clone()))
+        .build_unchecked(OwnedManager(PostgresConnectionManager::new(pg, tls)))
+}
+
 /// bb8's error sink for an owned pool: bb8 reports connection failures only here (its `get`
 /// only ever says "timed out"), so the last one is kept to explain a failed checkout.
 #[derive(Clone, Default)]
@@ -393,11 +414,21 @@ impl ConnectErrors {
 
 /// Connection errors that retrying within the checkout timeout cannot fix.
 fn is_fatal(error: &tokio_postgres::Error) -> bool {
-    error.code().is_some_and(|code| {
+    let refused = error.code().is_some_and(|code| {
         let code = code.code();
         // 28: invalid authorization (wrong password, no pg_hba entry); 3D000: no such database.
         code.starts_with("28") || code == "3D000"
-    })
+    });
+    // A certificate that does not verify will not verify on the next try either.
+    let mut source = std::error::Error::source(error);
+    let mut bad_certificate = false;
+    while let Some(cause) = source {
+        if let Some(rustls::Error::InvalidCertificate(_)) = cause.downcast_ref::<rustls::Error>() {
+            bad_certificate = true;
+        }
+        source = cause.source();
+    }
+    refused || bad_certificate
 }
 
 impl ErrorSink<tokio_postgres::Error> for ConnectErrors {

@@ -1,0 +1,241 @@
+//! TLS via rustls against a throwaway cluster with a test CA and server certificate made here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use actix::Actor;
+use common::cluster::{self, Cluster};
+use common::state;
+use durablestore_postgres::{
+    Config, CreateSchema, DurableStoreActor, Error, GetLatestState, Ping, SslMode, WriteState,
+};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
+
+struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+    other_ca_pem: String,
+}
+
+/// A CA, a server certificate for `localhost` signed by it, and an unrelated CA.
+fn pki() -> Pki {
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let root = ca("durablestore test CA");
+    let other = ca("some other CA");
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &root)
+        .unwrap();
+
+    let dir = Cluster::new_dir("pki");
+    let write = |name: &str, contents: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&path)
+            .status()
+            .unwrap();
+        Command::new("chmod")
+            .arg("600")
+            .arg(&path)
+            .status()
+            .unwrap();
+    };
+    write("server.crt", &server.pem());
+    write("server.key", &server_key.serialize_pem());
+    write("ca.crt", &root.pem());
+    Pki {
+        dir,
+        ca_pem: root.pem(),
+        other_ca_pem: other.pem(),
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tls_cluster(pki: &Pki) -> Cluster {
+    Cluster::start_new(
+        &format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            pki.dir.join("server.crt").display(),
+            pki.dir.join("server.key").display()
+        ),
+        None,
+    )
+}
+
+fn config(host: &str, port: u16, app: &str) -> Config {
+    Config::new(host, port, "postgres", "", "postgres")
+        .application_name(app)
+        .schema("tls")
+        .unwrap()
+        .checkout_timeout(Duration::from_secs(3))
+}
+
+async fn ping(config: Config) -> Result<(), Error> {
+    let store = DurableStoreActor::new(config)?.start();
+    tokio::time::timeout(Duration::from_secs(20), store.send(Ping))
+        .await
+        .expect("no hang")
+        .expect("mailbox")
+}
+
+/// Whether the server sees an encrypted connection from `app`.
+fn encrypted(cluster: &Cluster, app: &str) -> bool {
+    cluster.psql(&format!(
+        "SELECT bool_or(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = '{app}'"
+    )) == "t"
+}
+
+#[actix::test]
+async fn verify_full_connects_with_the_right_ca_and_host_name() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let pki = pki();
+    let cluster = tls_cluster(&pki);
+    let config = config("localhost", cluster.port, "tls-full")
+        .ssl_mode(SslMode::VerifyFull)
+        .ssl_root_cert_pem(pki.ca_pem.as_bytes())
+        .unwrap();
+    let store = DurableStoreActor::new(config).unwrap().start();
+    store.send(CreateSchema).await.unwrap().unwrap();
+    store
+        .send(WriteState(state("a", 1, 1)))
+        .await
+        .unwrap()
+        .unwrap();
+    let read = store
+        .send(GetLatestState("a".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, Some(state("a", 1, 1)));
+    assert!(encrypted(&cluster, "tls-full"), "the session is TLS");
+}
+
+#[actix::test]
+async fn verification_failures_are_clear_errors() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let pki = pki();
+    let cluster = tls_cluster(&pki);
+
+    // Wrong host name: the certificate names `localhost`, not 127.0.0.1.
+    let wrong_host = config("127.0.0.1", cluster.port, "tls-wrong-host")
+        .ssl_mode(SslMode::VerifyFull)
+        .ssl_root_cert_pem(pki.ca_pem.as_bytes())
+        .unwrap();
+    let err = ping(wrong_host).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    // Wrong CA.
+    let wrong_ca = config("localhost", cluster.port, "tls-wrong-ca")
+        .ssl_mode(SslMode::VerifyFull)
+        .ssl_root_cert_pem(pki.other_ca_pem.as_bytes())
+        .unwrap();
+    let err = ping(wrong_ca).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    // verify-ca checks the chain but not the name: 127.0.0.1 is fine there.
+    let ca_only = config("127.0.0.1", cluster.port, "tls-ca")
+        .ssl_mode(SslMode::VerifyCa)
+        .ssl_root_cert_pem(pki.ca_pem.as_bytes())
+        .unwrap();
+    ping(ca_only).await.unwrap();
+    assert!(encrypted(&cluster, "tls-ca"));
+
+    // require encrypts without checking the certificate.
+    ping(config("127.0.0.1", cluster.port, "tls-require").ssl_mode(SslMode::Require))
+        .await
+        .unwrap();
+
+    // verify modes without a root certificate are a configuration error, up front.
+    let no_root = config("localhost", cluster.port, "x").ssl_mode(SslMode::VerifyFull);
+    assert!(matches!(
+        DurableStoreActor::new(no_root),
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
+#[actix::test]
+async fn require_refuses_a_server_without_tls() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let cluster = Cluster::start_new("", None);
+    let err = ping(config("127.0.0.1", cluster.port, "tls-none").ssl_mode(SslMode::Require))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("TLS"), "{err}");
+}
+
+#[actix::test]
+async fn connection_strings_carry_libpq_ssl_options() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let pki = pki();
+    let cluster = tls_cluster(&pki);
+    let ca = pki.dir.join("ca.crt");
+    assert!(Path::new(&ca).exists());
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?application_name=tls-url&sslmode=verify-full&sslrootcert={}",
+        cluster.port,
+        ca.display()
+    );
+    let config: Config = url.parse().unwrap();
+    assert_eq!(config.get_ssl_mode(), SslMode::VerifyFull);
+    ping(config).await.unwrap();
+    assert!(encrypted(&cluster, "tls-url"));
+
+    let kv = format!(
+        "host=localhost port={} user=postgres dbname=postgres application_name=tls-kv sslmode=verify-ca sslrootcert={}",
+        cluster.port,
+        ca.display()
+    );
+    let config: Config = kv.parse().unwrap();
+    assert_eq!(config.get_ssl_mode(), SslMode::VerifyCa);
+    ping(config).await.unwrap();
+    assert!(encrypted(&cluster, "tls-kv"));
+
+    let missing = "postgres://postgres@localhost/postgres?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt";
+    assert!(matches!(
+        missing.parse::<Config>(),
+        Err(Error::InvalidConfig(_))
+    ));
+    let bogus = "postgres://postgres@localhost/postgres?sslmode=sometimes";
+    assert!(matches!(
+        bogus.parse::<Config>(),
+        Err(Error::InvalidConfig(_))
+    ));
+}
