@@ -77,3 +77,37 @@ pub use {actix, bb8, bb8_postgres, prost, prost_types, rustls, tokio_postgres};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`); not an API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::state::StateRow;
+    use crate::{DurableState, Error, InvalidInput};
+
+    /// Reads a row as the store does.
+    pub fn decode_row(
+        persistence_id: String,
+        version_number: i64,
+        state_payload: Vec<u8>,
+        state_manifest: String,
+        timestamp: i64,
+        shard_number: i64,
+    ) -> Result<DurableState, Error> {
+        StateRow {
+            persistence_id,
+            version_number,
+            state_payload,
+            state_manifest,
+            timestamp,
+            shard_number,
+        }
+        .decode()
+    }
+
+    /// Lays a state out as a row and reads it back, as a write then a read would.
+    pub fn round_trip(state: DurableState) -> Result<DurableState, Result<InvalidInput, Error>> {
+        let row = StateRow::encode(state).map_err(Ok)?;
+        row.decode().map_err(Err)
+    }
+}

@@ -22,12 +22,28 @@ async fn writes_continue_on_the_promoted_standby() {
     let standby_dir = Cluster::new_dir("standby");
     let standby_data = standby_dir.join("data");
     let backup = Command::new("runuser")
-        .args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_basebackup"])
-        .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres"])
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "/usr/lib/postgresql/15/bin/pg_basebackup",
+        ])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(["-D", standby_data.to_str().unwrap(), "-R", "-X", "stream"])
         .output()
         .unwrap();
-    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
     let standby = Cluster::existing(standby_dir.clone(), free_port());
     standby.append_conf(&format!(
         "port = {}\nunix_socket_directories = '{}'\nhot_standby = on\n",
@@ -51,7 +67,15 @@ async fn writes_continue_on_the_promoted_standby() {
     let store = DurableStoreActor::new(config).unwrap().start();
     store.send(CreateSchema).await.unwrap().unwrap();
     let entities: Vec<_> = (0..20)
-        .map(|i| DurableEntity::new(Account { id: format!("acct-{i}") }, store.clone()).start())
+        .map(|i| {
+            DurableEntity::new(
+                Account {
+                    id: format!("acct-{i}"),
+                },
+                store.clone(),
+            )
+            .start()
+        })
         .collect();
     for entity in &entities {
         for _ in 0..5 {
@@ -71,7 +95,10 @@ async fn writes_continue_on_the_promoted_standby() {
             match entity.send(Deposit(1)).await.unwrap() {
                 Ok(reply) => return reply,
                 Err(e) => {
-                    assert!(Instant::now() < deadline, "no write succeeded after failover: {e:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "no write succeeded after failover: {e:?}"
+                    );
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }

@@ -1,0 +1,13 @@
+//! Connection strings: parsing any text must return a config or a typed error, never panic.
+#![no_main]
+
+use durablestore_postgres::Config;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(config) = text.parse::<Config>() {
+            let _ = format!("{config:?}");
+        }
+    }
+});
