@@ -217,8 +217,17 @@ impl Shared {
                 return;
             }
         };
+        // Once the connection failed or timed out, later rounds are not sent on it: their
+        // callers get the same error at once rather than wait out another timeout each.
+        let mut failed: Option<Error> = None;
         for round in rounds(batch) {
             let rows: Vec<&StateRow> = round.iter().map(|p| &p.row).collect();
+            if let Some(error) = &failed {
+                for pending in round {
+                    answer_write(pending, Err(error.clone()));
+                }
+                continue;
+            }
             let outcomes = match self.write_rows(&client, &rows).await {
                 Ok(outcomes) => outcomes,
                 // A statement fails as a whole. If the server refused it (not the connection
@@ -232,7 +241,12 @@ impl Shared {
                     }
                     outcomes
                 }
-                Err(error) => rows.iter().map(|_| Err(error.clone())).collect(),
+                Err(error) => {
+                    if is_connection_error(&error) {
+                        failed = Some(error.clone());
+                    }
+                    rows.iter().map(|_| Err(error.clone())).collect()
+                }
             };
             for (pending, outcome) in round.into_iter().zip(outcomes) {
                 answer_write(pending, outcome);

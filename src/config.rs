@@ -329,8 +329,9 @@ impl Config {
 
     /// The longest a statement may run. The server cancels it then (`statement_timeout` is set
     /// on each connection of an owned pool), and the client gives up one second later in case
-    /// the server cannot even do that (a stopped or partitioned server); either way the call
-    /// fails with [`Error::Timeout`] and the connection is replaced. Statements of a batch
+    /// the server cannot even do that (a stopped or partitioned server): it then sends a cancel
+    /// request and discards the connection (on a borrowed pool it can only cancel). Either way
+    /// the call fails with [`Error::Timeout`]. Statements of a batch
     /// share the bound.
     ///
     /// Defaults to none: a statement may wait as long as the server lets it (e.g. on a lock).
@@ -496,8 +497,10 @@ impl FromStr for Config {
 }
 
 /// Takes `sslmode` and `sslrootcert` out of a connection string, for the modes tokio-postgres
-/// does not parse. URL query parameters and unquoted `key=value` pairs are recognised; anything
-/// else is left for tokio-postgres to judge.
+/// does not parse. The string is read by tokio-postgres's own rules — a URL's query starts at the
+/// first `?` after the credentials, keys and values percent-decoded; key=value pairs with quoted
+/// values and backslash escapes — so text inside another parameter (a password, say) is never
+/// taken for one of these two.
 fn tls_options(s: &str) -> Result<(String, Option<SslMode>, Option<String>), Error> {
     let mut mode = None;
     let mut root = None;
@@ -516,37 +519,100 @@ fn tls_options(s: &str) -> Result<(String, Option<SslMode>, Option<String>), Err
             _ => Ok(false),
         }
     };
-    let rest = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        match s.split_once('?') {
-            None => s.to_owned(),
-            Some((base, query)) => {
-                let mut kept = Vec::new();
-                for pair in query.split('&') {
-                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    if !take(key, value)? {
-                        kept.push(pair);
-                    }
-                }
-                if kept.is_empty() {
-                    base.to_owned()
-                } else {
-                    format!("{base}?{}", kept.join("&"))
-                }
-            }
-        }
-    } else {
-        // Only the taken tokens are cut out; the rest (quoted values included) stays as written.
-        let mut rest = s.to_owned();
-        for token in s.split_whitespace() {
-            if let Some((key, value)) = token.split_once('=') {
-                if !value.starts_with('\'') && take(key, value)? {
-                    rest = rest.replacen(token, "", 1);
+    let rest = match ["postgres://", "postgresql://"]
+        .iter()
+        .find_map(|prefix| s.strip_prefix(prefix).map(|after| (prefix.len(), after)))
+    {
+        Some((prefix_len, after)) => {
+            // Credentials end at the first `@`; the query starts at the first `?` after them.
+            let credentials = after.find('@').map_or(0, |at| at + 1);
+            let Some(question) = after[credentials..].find('?') else {
+                return Ok((s.to_owned(), None, None));
+            };
+            let query_start = prefix_len + credentials + question;
+            let (base, query) = (&s[..query_start], &s[query_start + 1..]);
+            let decode = |part: &str| {
+                percent_encoding::percent_decode_str(part)
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| Error::InvalidConfig("connection string: invalid UTF-8".into()))
+            };
+            let mut kept = Vec::new();
+            for pair in query.split('&') {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if !take(&decode(key)?, &decode(value)?)? {
+                    kept.push(pair);
                 }
             }
+            if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }
         }
-        rest
+        None => {
+            let mut kept = Vec::new();
+            for (key, value) in key_value_pairs(s)? {
+                if !take(&key, &value)? {
+                    kept.push(format!(
+                        "{key}='{}'",
+                        value.replace('\\', "\\\\").replace('\'', "\\'")
+                    ));
+                }
+            }
+            kept.join(" ")
+        }
     };
     Ok((rest, mode, root))
+}
+
+/// The pairs of a libpq `key=value` string, by the rules tokio-postgres parses them with:
+/// whitespace around `=`, values bare or single-quoted, `\` escaping the next character.
+fn key_value_pairs(s: &str) -> Result<Vec<(String, String)>, Error> {
+    let invalid = || Error::InvalidConfig("connection string: malformed key=value pair".into());
+    let mut chars = s.chars().peekable();
+    let mut pairs = Vec::new();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        if key.is_empty() {
+            if chars.peek().is_some() {
+                return Err(invalid());
+            }
+            return Ok(pairs);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(invalid());
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\'') => break,
+                    Some('\\') => value.extend(chars.next()),
+                    Some(c) => value.push(c),
+                    None => return Err(invalid()),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+            if value.is_empty() {
+                return Err(invalid());
+            }
+        }
+        pairs.push((key, value));
+    }
 }
 
 impl fmt::Debug for Config {

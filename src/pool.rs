@@ -49,7 +49,17 @@ impl PooledClient {
             }
             Ok(Err(error)) => Err(Error::database(error)),
             Err(_) => {
+                // The server did not cancel by itself: ask it to (so a borrowed pool, whose
+                // connection we cannot discard, gets it back idle), and never reuse this one.
                 self.conn.mark_broken();
+                let cancel = self.conn.client().cancel_token();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        CLIENT_TIMEOUT_GRACE,
+                        cancel.cancel_query(tokio_postgres::NoTls),
+                    )
+                    .await;
+                });
                 Err(Error::Timeout { timeout })
             }
         }
@@ -305,7 +315,7 @@ impl Connections {
             }
         };
         tokio::select! {
-            result = self.live() => match result {
+            result = tokio::time::timeout(self.checkout_timeout, self.live()) => match result.unwrap_or(Err(RunError::TimedOut)) {
                 Ok(conn) => Ok(PooledClient { conn, statement_timeout: self.statement_timeout }),
                 Err(RunError::User(source)) => Err(Error::Unavailable { source: Arc::new(source) }),
                 Err(RunError::TimedOut) => Err(match self.errors.as_ref().and_then(|e| e.latest_since(started)) {
@@ -419,16 +429,26 @@ fn is_fatal(error: &tokio_postgres::Error) -> bool {
         // 28: invalid authorization (wrong password, no pg_hba entry); 3D000: no such database.
         code.starts_with("28") || code == "3D000"
     });
-    // A certificate that does not verify will not verify on the next try either.
-    let mut source = std::error::Error::source(error);
-    let mut bad_certificate = false;
-    while let Some(cause) = source {
-        if let Some(rustls::Error::InvalidCertificate(_)) = cause.downcast_ref::<rustls::Error>() {
-            bad_certificate = true;
+    refused || is_bad_certificate(error)
+}
+
+/// A certificate that does not verify will not verify on the next try either. rustls's error
+/// reaches us wrapped in an `io::Error`, whose `source()` skips it, so `get_ref` is checked too.
+fn is_bad_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        let wrapped = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(current), wrapped].into_iter().flatten() {
+            if let Some(rustls::Error::InvalidCertificate(_)) = candidate.downcast_ref() {
+                return true;
+            }
         }
-        source = cause.source();
+        cause = current.source();
     }
-    refused || bad_certificate
+    false
 }
 
 impl ErrorSink<tokio_postgres::Error> for ConnectErrors {

@@ -24,7 +24,8 @@ pub enum SslMode {
     /// TLS if the server offers it, plain TCP otherwise; the certificate is not checked.
     Prefer,
     /// TLS or no connection; the certificate is not checked (encryption without
-    /// authentication: it defeats eavesdroppers, not an active man in the middle).
+    /// authentication: it defeats eavesdroppers, not an active man in the middle) — unless a
+    /// root certificate is configured, in which case it is `VerifyCa`, as in libpq.
     Require,
     /// TLS, and the server's certificate must chain to the configured root certificate.
     VerifyCa,
@@ -80,6 +81,12 @@ pub(crate) fn connector(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::InvalidConfig(format!("TLS: {e}")))?;
+    // As in libpq, `require` with a root certificate configured verifies the chain.
+    let mode = if mode == SslMode::Require && !roots.is_empty() {
+        SslMode::VerifyCa
+    } else {
+        mode
+    };
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable => return Ok(None),
         SslMode::Prefer | SslMode::Require => Arc::new(NoVerification {

@@ -154,8 +154,10 @@ async fn verification_failures_are_clear_errors() {
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("certificate"), "{err}");
 
-    // Wrong CA.
+    // Wrong CA. Reported as soon as the handshake fails, not after the (here 60 s) checkout
+    // timeout: `ping` gives up after 20 s.
     let wrong_ca = config("localhost", cluster.port, "tls-wrong-ca")
+        .checkout_timeout(Duration::from_secs(60))
         .ssl_mode(SslMode::VerifyFull)
         .ssl_root_cert_pem(pki.other_ca_pem.as_bytes())
         .unwrap();
@@ -175,6 +177,15 @@ async fn verification_failures_are_clear_errors() {
     ping(config("127.0.0.1", cluster.port, "tls-require").ssl_mode(SslMode::Require))
         .await
         .unwrap();
+    // ... unless a root certificate is given: then, as in libpq, the chain is checked.
+    let require_wrong_root = config("127.0.0.1", cluster.port, "tls-require-root")
+        .ssl_mode(SslMode::Require)
+        .ssl_root_cert_pem(pki.other_ca_pem.as_bytes())
+        .unwrap();
+    assert!(matches!(
+        ping(require_wrong_root).await,
+        Err(Error::Unavailable { .. })
+    ));
 
     // verify modes without a root certificate are a configuration error, up front.
     let no_root = config("localhost", cluster.port, "x").ssl_mode(SslMode::VerifyFull);
