@@ -4,14 +4,20 @@
 //! each take whatever is queued (at least one request, at most `max_batch_size`) and run it as
 //! one statement on one pooled connection. A lone request goes out at once; batches form only
 //! from requests that queued up while every worker was busy — natural group commit, with no
-//! timer and no linger. A full queue makes callers wait (backpressure) instead of growing.
+//! timer and no linger. A request is admitted into a queue before anything else is done for
+//! it; when the queue is full, the submitter waits for room (backpressure) instead of the
+//! store growing. A worker answers each request on the caller's own reply channel, and skips a
+//! queued request whose caller stopped waiting.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::config::{Config, VersionCheck};
@@ -19,19 +25,43 @@ use crate::error::Error;
 use crate::messages::WriteOutcome;
 use crate::pool::{Connections, PooledClient};
 use crate::sql::{Sql, Stmt};
-use crate::state::{DurableState, StateRow, validate_persistence_id};
+use crate::state::{DurableState, RowFormat, StateRow, validate_persistence_id};
+use crate::version;
+
+/// Where a request's answer goes: the caller's reply channel (actix hands its own to the store
+/// actor), or nowhere for a caller that does not wait (`do_send`).
+pub(crate) type Reply<T> = Option<oneshot::Sender<Result<T, Error>>>;
 
 /// A write waiting for its batch.
 struct PendingWrite {
     row: StateRow,
-    reply: oneshot::Sender<Result<WriteOutcome, Error>>,
+    reply: Reply<WriteOutcome>,
     queued: Instant,
+    _slot: Slot,
 }
 
 /// A read waiting for its batch.
 struct PendingRead {
     persistence_id: String,
-    reply: oneshot::Sender<Result<Option<DurableState>, Error>>,
+    reply: Reply<Option<DurableState>>,
+    _slot: Slot,
+}
+
+/// One admitted request, counted in the `durablestore_pending_requests` gauge for as long as it
+/// is alive (queued, in a batch, or waiting for room): the memory the store holds for callers.
+struct Slot(&'static str);
+
+impl Slot {
+    fn new(kind: &'static str) -> Self {
+        metrics::gauge!("durablestore_pending_requests", "kind" => kind).increment(1.0);
+        Slot(kind)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!("durablestore_pending_requests", "kind" => self.0).decrement(1.0);
+    }
 }
 
 /// What the workers share.
@@ -41,7 +71,6 @@ struct Shared {
     sql: Sql,
     version_check: VersionCheck,
     max_batch_size: usize,
-    max_state_bytes: usize,
 }
 
 /// The database side of a store. Dropping it closes the queues: workers finish what is
@@ -51,6 +80,8 @@ pub(crate) struct Store {
     shared: Arc<Shared>,
     writes: mpsc::Sender<PendingWrite>,
     reads: mpsc::Sender<PendingRead>,
+    row_format: RowFormat,
+    max_state_bytes: usize,
 }
 
 impl Store {
@@ -61,7 +92,6 @@ impl Store {
             sql: Sql::new(config),
             version_check: config.version_check,
             max_batch_size: config.max_batch_size,
-            max_state_bytes: config.max_state_bytes,
         });
         let (writes, write_queue) = mpsc::channel(config.max_pending_requests);
         let (reads, read_queue) = mpsc::channel(config.max_pending_requests);
@@ -85,37 +115,57 @@ impl Store {
             shared,
             writes,
             reads,
+            row_format: config.row_format,
+            max_state_bytes: config.max_state_bytes,
         }
     }
 
-    /// Validates `state`, queues it and waits for its batch's answer.
-    pub(crate) async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
-        let row = StateRow::encode(state)?.check_size(self.shared.max_state_bytes)?;
-        let (reply, answer) = oneshot::channel();
-        let pending = PendingWrite {
-            row,
-            reply,
-            queued: Instant::now(),
-        };
-        self.writes
-            .send(pending)
-            .await
-            .map_err(|_| Error::NotConnected)?;
-        answer.await.unwrap_or(Err(Error::NotConnected))
+    /// Validates `state` and queues it; a worker answers on `reply`. Invalid input is answered
+    /// at once. When the queue is full, the returned future admits the write once there is
+    /// room: the submitter must wait for it before submitting anything else, so the store
+    /// holds at most `max_pending_requests` queued requests however they are sent.
+    pub(crate) fn write(
+        &self,
+        state: DurableState,
+        reply: Reply<WriteOutcome>,
+    ) -> Option<impl Future<Output = ()> + 'static> {
+        let row = StateRow::encode(state, self.row_format)
+            .and_then(|row| row.check_size(self.max_state_bytes));
+        match row {
+            Ok(row) => admit(
+                &self.writes,
+                PendingWrite {
+                    row,
+                    reply,
+                    queued: Instant::now(),
+                    _slot: Slot::new("write"),
+                },
+            ),
+            Err(invalid) => {
+                answer(reply, Err(invalid.into()));
+                None
+            }
+        }
     }
 
-    /// Validates the id, queues it and waits for its batch's answer.
-    pub(crate) async fn get(&self, persistence_id: String) -> Result<Option<DurableState>, Error> {
-        validate_persistence_id(&persistence_id)?;
-        let (reply, answer) = oneshot::channel();
-        self.reads
-            .send(PendingRead {
+    /// Validates the id and queues the read, as [`Store::write`] does.
+    pub(crate) fn get(
+        &self,
+        persistence_id: String,
+        reply: Reply<Option<DurableState>>,
+    ) -> Option<impl Future<Output = ()> + 'static> {
+        if let Err(invalid) = validate_persistence_id(&persistence_id) {
+            answer(reply, Err(invalid.into()));
+            return None;
+        }
+        admit(
+            &self.reads,
+            PendingRead {
                 persistence_id,
                 reply,
-            })
-            .await
-            .map_err(|_| Error::NotConnected)?;
-        answer.await.unwrap_or(Err(Error::NotConnected))
+                _slot: Slot::new("read"),
+            },
+        )
     }
 
     pub(crate) async fn ping(&self) -> Result<(), Error> {
@@ -129,24 +179,75 @@ impl Store {
     }
 }
 
+/// Sends `result` to the caller, if it waits.
+fn answer<T>(reply: Reply<T>, result: Result<T, Error>) {
+    if let Some(reply) = reply {
+        // The caller may have given up; the result stands all the same.
+        let _ = reply.send(result);
+    }
+}
+
+/// Queues `request` now, or returns the future that queues it once there is room.
+fn admit<T: Queued + Send + 'static>(
+    queue: &mpsc::Sender<T>,
+    request: T,
+) -> Option<impl Future<Output = ()> + 'static> {
+    match queue.try_send(request) {
+        Ok(()) => None,
+        // Closed: the store was disconnected before the request was sent.
+        Err(TrySendError::Closed(request)) => {
+            request.fail(Error::NotConnected);
+            None
+        }
+        Err(TrySendError::Full(request)) => {
+            let queue = queue.clone();
+            Some(async move {
+                if let Err(SendError(request)) = queue.send(request).await {
+                    request.fail(Error::NotConnected);
+                }
+            })
+        }
+    }
+}
+
 /// Most bytes of state one batch carries, whatever `max_batch_size` allows: PostgreSQL refuses
 /// messages over 1 GiB, and a smaller statement keeps any one batch's latency in check.
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
-/// A queued request and the bytes it adds to a batch.
+/// A queued request: the bytes it adds to a batch, and how it fails.
 trait Queued {
     fn bytes(&self) -> usize;
+    /// Answers the request with `error`.
+    fn fail(self, error: Error);
+    /// True when the caller stopped waiting for the answer: the request need not be sent.
+    fn abandoned(&self) -> bool;
 }
 
 impl Queued for PendingWrite {
     fn bytes(&self) -> usize {
         self.row.state_payload.len() + self.row.persistence_id.len()
     }
+
+    fn fail(self, error: Error) {
+        answer_write(self, Err(error));
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.as_ref().is_some_and(|reply| reply.is_closed())
+    }
 }
 
 impl Queued for PendingRead {
     fn bytes(&self) -> usize {
         self.persistence_id.len()
+    }
+
+    fn fail(self, error: Error) {
+        answer(self.reply, Err(error));
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.as_ref().is_some_and(|reply| reply.is_closed())
     }
 }
 
@@ -158,7 +259,8 @@ struct Queue<T> {
 }
 
 /// A worker: takes at least one queued request and at most a batch of them (by count and by
-/// bytes), runs the batch, repeats until the queue is closed and empty.
+/// bytes), runs the batch, repeats until the queue is closed and empty. Requests whose caller
+/// stopped waiting are dropped unsent.
 async fn work<T, F, Fut>(queue: Arc<Mutex<Queue<T>>>, shared: Arc<Shared>, run: F)
 where
     T: Queued,
@@ -171,9 +273,12 @@ where
             let mut queue = queue.lock().await;
             let first = match queue.held.take() {
                 Some(held) => held,
-                None => match queue.receiver.recv().await {
-                    Some(first) => first,
-                    None => return,
+                None => loop {
+                    match queue.receiver.recv().await {
+                        Some(first) if first.abandoned() => continue,
+                        Some(first) => break first,
+                        None => return,
+                    }
                 },
             };
             let mut bytes = first.bytes();
@@ -181,6 +286,7 @@ where
             batch.push(first);
             while batch.len() < shared.max_batch_size {
                 match queue.receiver.try_recv() {
+                    Ok(next) if next.abandoned() => continue,
                     Ok(next) if bytes + next.bytes() > MAX_BATCH_BYTES => {
                         queue.held = Some(next);
                         break;
@@ -217,41 +323,59 @@ impl Shared {
                 return;
             }
         };
-        // Once the connection failed or timed out, later rounds are not sent on it: their
-        // callers get the same error at once rather than wait out another timeout each.
+        // Once a statement failed for a reason no single row causes (a timeout, a lock, a
+        // broken connection...), later rounds are not sent: their callers get the same error
+        // at once rather than wait out another timeout each.
         let mut failed: Option<Error> = None;
         for round in rounds(batch) {
             let rows: Vec<&StateRow> = round.iter().map(|p| &p.row).collect();
-            if let Some(error) = &failed {
-                for pending in round {
-                    answer_write(pending, Err(error.clone()));
-                }
-                continue;
-            }
-            let outcomes = match self.write_rows(&client, &rows).await {
-                Ok(outcomes) => outcomes,
-                // A statement fails as a whole. If the server refused it (not the connection
-                // breaking), one row may be to blame: write each row alone so the others land.
-                Err(error) if rows.len() > 1 && !is_connection_error(&error) => {
-                    let mut outcomes = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        let single = self.write_rows(&client, std::slice::from_ref(row)).await;
-                        outcomes
-                            .push(single.and_then(|mut o| o.pop().unwrap_or(Err(no_result(row)))));
+            let outcomes = match &failed {
+                Some(error) => rows.iter().map(|_| Err(error.clone())).collect(),
+                None => match self.write_rows(&client, &rows).await {
+                    Ok(outcomes) => outcomes,
+                    // A statement fails as a whole. If one row may be to blame, write each row
+                    // alone so the others land.
+                    Err(error) if rows.len() > 1 && one_row_can_cause(&error) => {
+                        self.write_one_by_one(&client, &rows, &mut failed).await
                     }
-                    outcomes
-                }
-                Err(error) => {
-                    if is_connection_error(&error) {
+                    Err(error) => {
                         failed = Some(error.clone());
+                        rows.iter().map(|_| Err(error.clone())).collect()
                     }
-                    rows.iter().map(|_| Err(error.clone())).collect()
-                }
+                },
             };
             for (pending, outcome) in round.into_iter().zip(outcomes) {
                 answer_write(pending, outcome);
             }
         }
+    }
+
+    /// Writes each row in a statement of its own, until one fails for a reason that is not
+    /// the row's (then recorded in `failed`); the rows after it are not sent.
+    async fn write_one_by_one(
+        &self,
+        client: &PooledClient,
+        rows: &[&StateRow],
+        failed: &mut Option<Error>,
+    ) -> Vec<Result<WriteOutcome, Error>> {
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(error) = failed {
+                outcomes.push(Err(error.clone()));
+                continue;
+            }
+            let outcome = match self.write_rows(client, std::slice::from_ref(row)).await {
+                Ok(mut single) => single.pop().unwrap_or(Err(no_result(row))),
+                Err(error) => {
+                    if !one_row_can_cause(&error) {
+                        *failed = Some(error.clone());
+                    }
+                    Err(error)
+                }
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
     }
 
     /// Writes rows with distinct ids in one statement; one outcome per row, in order.
@@ -274,15 +398,13 @@ impl Shared {
             (&timestamps, Type::INT8_ARRAY),
             (&shards, Type::INT8_ARRAY),
         ];
-        if self.version_check == VersionCheck::Unchecked {
-            client
-                .query(&self.sql, Stmt::WriteUnchecked, &params)
-                .await?;
-            return Ok(rows.iter().map(|_| Ok(WriteOutcome::Written)).collect());
-        }
+        let statement = match self.version_check {
+            VersionCheck::Sequential => Stmt::WriteChecked,
+            VersionCheck::Unchecked => Stmt::WriteUnchecked,
+        };
         // If this fails, the statement (atomic) wrote nothing; past it, the written rows are
         // committed and must be reported as written whatever happens next.
-        let written = client.query(&self.sql, Stmt::WriteChecked, &params).await?;
+        let written = client.query(&self.sql, statement, &params).await?;
         let mut is_written = vec![written.len() == rows.len(); rows.len()];
         if written.len() < rows.len() {
             let index: HashMap<&str, usize> =
@@ -297,15 +419,16 @@ impl Shared {
                 }
             }
         }
-        // Rows not written are a conflict or an idempotent retry; a fresh read (a new
-        // statement, so a new snapshot) tells which, and the version that is stored now.
+        // A checked row not written is a conflict, an identical retry, or a row that a trigger
+        // or policy suppressed: a fresh read (a new statement, so a new snapshot) tells which,
+        // and the version stored now. An unchecked row not written can only be suppressed.
         let refused: Vec<&str> = ids
             .iter()
             .zip(&is_written)
             .filter(|(_, written)| !**written)
             .map(|(id, _)| *id)
             .collect();
-        let stored = if refused.is_empty() {
+        let stored = if refused.is_empty() || self.version_check == VersionCheck::Unchecked {
             Ok(HashMap::new())
         } else {
             self.current_rows(client, &refused).await
@@ -318,21 +441,11 @@ impl Shared {
                     return Ok(WriteOutcome::Written);
                 }
                 let stored = stored.as_ref().map_err(Clone::clone)?;
-                match stored.get(&row.persistence_id) {
-                    Some(s)
-                        if s.version_number == row.version_number
-                            && s.state_payload == row.state_payload
-                            && s.state_manifest == row.state_manifest =>
-                    {
-                        Ok(WriteOutcome::AlreadyStored)
-                    }
-                    current => Err(conflict(row, current.map(|s| s.version_number))),
-                }
+                version::refused(stored.get(&row.persistence_id), row, self.version_check)
             })
             .collect())
     }
 
-    /// The stored rows of `ids`, by id.
     async fn current_rows(
         &self,
         client: &PooledClient,
@@ -355,7 +468,7 @@ impl Shared {
             Ok(found) => found,
             Err(error) => {
                 for pending in batch {
-                    let _ = pending.reply.send(Err(error.clone()));
+                    answer(pending.reply, Err(error.clone()));
                 }
                 return;
             }
@@ -365,7 +478,7 @@ impl Shared {
                 None => Ok(None),
                 Some(row) => row.clone().and_then(|row| row.decode().map(Some)),
             };
-            let _ = pending.reply.send(result);
+            answer(pending.reply, result);
         }
     }
 
@@ -408,37 +521,51 @@ fn rounds(batch: Vec<PendingWrite>) -> Vec<Vec<PendingWrite>> {
 }
 
 fn answer_write(pending: PendingWrite, outcome: Result<WriteOutcome, Error>) {
-    let label = match &outcome {
+    let name = outcome_name(&outcome);
+    metrics::counter!("durablestore_writes_total", "outcome" => name).increment(1);
+    metrics::histogram!("durablestore_write_seconds").record(pending.queued.elapsed());
+    match &outcome {
+        Ok(_) => tracing::debug!(
+            persistence_id = %pending.row.persistence_id,
+            version = pending.row.version_number,
+            outcome = name,
+            "durable store write"
+        ),
+        Err(error) => tracing::debug!(
+            persistence_id = %pending.row.persistence_id,
+            version = pending.row.version_number,
+            outcome = name,
+            %error,
+            "durable store write failed"
+        ),
+    }
+    answer(pending.reply, outcome);
+}
+
+/// The name of a write's outcome, the same in metrics labels and tracing fields.
+fn outcome_name(outcome: &Result<WriteOutcome, Error>) -> &'static str {
+    match outcome {
         Ok(WriteOutcome::Written) => "written",
         Ok(WriteOutcome::AlreadyStored) => "already_stored",
         Err(Error::VersionConflict { .. }) => "conflict",
         Err(_) => "error",
-    };
-    metrics::counter!("durablestore_writes_total", "outcome" => label).increment(1);
-    metrics::histogram!("durablestore_write_seconds").record(pending.queued.elapsed());
-    // The caller may have given up waiting; the write happened all the same.
-    let _ = pending.reply.send(outcome);
+    }
 }
 
-/// True when the connection failed rather than the statement.
-fn is_connection_error(error: &Error) -> bool {
+/// Errors one row of a multi-row statement can cause alone: bad data (class 22), a violated
+/// constraint (23), or a trigger's `RAISE` (P0001). Only after these is a batch retried row by
+/// row; a timeout, a lock or serialization failure, a read-only server or a lost connection
+/// would only repeat once per row.
+fn one_row_can_cause(error: &Error) -> bool {
     match error {
-        Error::Database { source } => source.is_closed() || source.as_db_error().is_none(),
-        _ => true,
+        Error::Database { source } => {
+            matches!(source.class(), Some("22" | "23"))
+                || source.code() == Some(&SqlState::RAISE_EXCEPTION)
+        }
+        _ => false,
     }
 }
 
-fn conflict(row: &StateRow, stored: Option<i64>) -> Error {
-    Error::VersionConflict {
-        persistence_id: row.persistence_id.clone(),
-        // `attempted` was range-checked on the way in; a stored BIGINT that is negative (only
-        // possible through raw SQL) reads as 0.
-        attempted: u64::try_from(row.version_number).unwrap_or(0),
-        stored: stored.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-    }
-}
-
-/// `write_rows` answers once per row; this stands in should that ever not hold.
 fn no_result(row: &StateRow) -> Error {
     Error::CorruptState {
         persistence_id: row.persistence_id.clone(),
@@ -463,7 +590,6 @@ mod tests {
     use super::*;
 
     fn pending(id: &str, version: i64) -> PendingWrite {
-        let (reply, _) = oneshot::channel();
         PendingWrite {
             row: StateRow {
                 persistence_id: id.to_owned(),
@@ -473,8 +599,9 @@ mod tests {
                 timestamp: 0,
                 shard_number: 0,
             },
-            reply,
+            reply: None,
             queued: Instant::now(),
+            _slot: Slot::new("write"),
         }
     }
 

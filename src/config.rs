@@ -8,6 +8,7 @@ use rustls::pki_types::CertificateDer;
 use tokio_postgres::config::Host;
 
 use crate::error::{Error, InvalidInput, truncate};
+use crate::state::RowFormat;
 use crate::tls::{self, SslMode};
 
 /// Default schema holding the table: `public`.
@@ -35,6 +36,15 @@ pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 10_000;
 pub const DEFAULT_MAX_STATE_BYTES: usize = 10 * 1024 * 1024;
 /// Default `application_name` reported to the server: `durablestore-postgres`.
 pub const DEFAULT_APPLICATION_NAME: &str = "durablestore-postgres";
+/// Default longest time a statement may run: 30 seconds (ADO.NET's command timeout).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default TCP user timeout (how long sent data may stay unacknowledged before the connection
+/// is closed) and connect timeout, when the connection settings give none: 10 seconds.
+pub const DEFAULT_NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// tokio-postgres's keepalive idle time when none is configured (2 hours): replaced by
+/// [`DEFAULT_NETWORK_TIMEOUT`] so an idle connection to a vanished host is noticed in seconds.
+const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// Upper bounds that keep the queues and statements of a store allocatable.
 const MAX_BATCH_SIZE_LIMIT: usize = 100_000;
@@ -147,6 +157,7 @@ pub struct Config {
     pub(crate) max_pending_requests: usize,
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) max_state_bytes: usize,
+    pub(crate) row_format: RowFormat,
     pub(crate) ssl_mode: SslMode,
     pub(crate) ssl_root_certs: Vec<CertificateDer<'static>>,
 }
@@ -154,11 +165,16 @@ pub struct Config {
 impl Config {
     /// A configuration for one host, with every other setting at its default.
     ///
-    /// Mirrors eGo's `NewConfig(host, port, user, password, dbName)`. An empty password means
+    /// Mirrors eGo's `NewConfig(host, port, user, password, dbName)`, including its plain-TCP
+    /// connection ([`SslMode::Disable`]; see [`Config::ssl_mode`]). An empty password means
     /// none is sent.
     pub fn new(host: &str, port: u16, user: &str, password: &str, database: &str) -> Self {
         let mut pg = tokio_postgres::Config::new();
-        pg.host(host).port(port).user(user).dbname(database);
+        pg.host(host)
+            .port(port)
+            .user(user)
+            .dbname(database)
+            .ssl_mode(tokio_postgres::config::SslMode::Disable);
         if !password.is_empty() {
             pg.password(password);
         }
@@ -166,17 +182,29 @@ impl Config {
     }
 
     /// Wraps a fully configured [`tokio_postgres::Config`] (hosts, keepalives,
-    /// `target_session_attrs`...). The application name defaults to
-    /// [`DEFAULT_APPLICATION_NAME`] when it has none. TLS is set with [`Config::ssl_mode`]:
-    /// `require` in `pg` is kept, anything else (including tokio-postgres's default `prefer`)
-    /// becomes `disable`.
+    /// `target_session_attrs`...). Settings it leaves unset get the store's defaults: the
+    /// application name [`DEFAULT_APPLICATION_NAME`]; a connect timeout and a TCP user timeout
+    /// of [`DEFAULT_NETWORK_TIMEOUT`], and TCP keepalives after that long idle instead of the
+    /// driver's 2 hours, so a host that vanishes without resetting its connections is noticed
+    /// within seconds. Its `sslmode` (`disable`, `prefer`, which is tokio-postgres's and libpq's
+    /// default, or `require`) becomes [`Config::ssl_mode`].
     pub fn from_pg_config(mut pg: tokio_postgres::Config) -> Self {
         if pg.get_application_name().is_none() {
             pg.application_name(DEFAULT_APPLICATION_NAME);
         }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(DEFAULT_NETWORK_TIMEOUT);
+        }
+        if pg.get_tcp_user_timeout().is_none() {
+            pg.tcp_user_timeout(DEFAULT_NETWORK_TIMEOUT);
+        }
+        if pg.get_keepalives_idle() == DRIVER_KEEPALIVES_IDLE {
+            pg.keepalives_idle(DEFAULT_NETWORK_TIMEOUT);
+        }
         let ssl_mode = match pg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => SslMode::Disable,
             tokio_postgres::config::SslMode::Require => SslMode::Require,
-            _ => SslMode::Disable,
+            _ => SslMode::Prefer,
         };
         Config {
             pg,
@@ -191,8 +219,9 @@ impl Config {
             version_check: VersionCheck::default(),
             max_batch_size: DEFAULT_MAX_BATCH_SIZE,
             max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
-            statement_timeout: None,
+            statement_timeout: Some(DEFAULT_STATEMENT_TIMEOUT),
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            row_format: RowFormat::default(),
             ssl_mode,
             ssl_root_certs: Vec::new(),
         }
@@ -329,12 +358,13 @@ impl Config {
 
     /// The longest a statement may run. The server cancels it then (`statement_timeout` is set
     /// on each connection of an owned pool), and the client gives up one second later in case
-    /// the server cannot even do that (a stopped or partitioned server): it then sends a cancel
-    /// request and discards the connection (on a borrowed pool it can only cancel). Either way
-    /// the call fails with [`Error::Timeout`]. Statements of a batch
-    /// share the bound.
+    /// the server cannot even do that (a frozen or partitioned server): it then sends a cancel
+    /// request (over TLS when the connection uses TLS) and never reuses the connection. Either
+    /// way the call fails with [`Error::Timeout`], whose outcome is unknown. Statements of a
+    /// batch share the bound. `Duration::ZERO` turns the timeout off: a statement may then wait
+    /// as long as the server lets it (e.g. on a lock), and a frozen server hangs it.
     ///
-    /// Defaults to none: a statement may wait as long as the server lets it (e.g. on a lock).
+    /// Defaults to [`DEFAULT_STATEMENT_TIMEOUT`] (30 seconds).
     #[must_use]
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = (!timeout.is_zero()).then_some(timeout);
@@ -354,7 +384,9 @@ impl Config {
     /// How the connection is protected (TLS through rustls), as libpq's `sslmode`.
     /// `verify-ca` and `verify-full` need [`Config::ssl_root_cert_pem`].
     ///
-    /// Defaults to [`SslMode::Disable`], or what the connection string's `sslmode` says.
+    /// Defaults to what the connection string's `sslmode` says, and without one to
+    /// [`SslMode::Prefer`], as in libpq (`sslrootcert` alone does not change the mode);
+    /// [`Config::new`] defaults to [`SslMode::Disable`], as eGo's `NewConfig`.
     #[must_use]
     pub fn ssl_mode(mut self, mode: SslMode) -> Self {
         self.ssl_mode = mode;
@@ -370,6 +402,17 @@ impl Config {
     pub fn ssl_root_cert_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
         self.ssl_root_certs = tls::parse_roots(pem)?;
         Ok(self)
+    }
+
+    /// How states are laid out in the table's `state_manifest` and `state_payload` columns.
+    /// Reads accept both layouts whatever this says.
+    ///
+    /// Defaults to [`RowFormat::Any`], the layout eGo's Go store writes and the only one its
+    /// reader accepts; [`RowFormat::Typed`] makes rows unreadable to a Go service.
+    #[must_use]
+    pub fn row_format(mut self, format: RowFormat) -> Self {
+        self.row_format = format;
+        self
     }
 
     /// The TLS mode.
@@ -649,6 +692,7 @@ impl fmt::Debug for Config {
             .field("max_pending_requests", &self.max_pending_requests)
             .field("statement_timeout", &self.statement_timeout)
             .field("max_state_bytes", &self.max_state_bytes)
+            .field("row_format", &self.row_format)
             .finish()
     }
 }
@@ -665,7 +709,13 @@ mod tests {
         assert_eq!(c.pg.get_user(), Some("alice"));
         assert_eq!(c.pg.get_dbname(), Some("shop"));
         assert_eq!(c.pg.get_ports(), &[6543]);
-        assert_eq!(c.ssl_mode, SslMode::Disable);
+        // libpq's default.
+        assert_eq!(c.ssl_mode, SslMode::Prefer);
+        assert_eq!(c.statement_timeout, Some(DEFAULT_STATEMENT_TIMEOUT));
+        assert_eq!(c.pg.get_tcp_user_timeout(), Some(&DEFAULT_NETWORK_TIMEOUT));
+        assert_eq!(c.pg.get_connect_timeout(), Some(&DEFAULT_NETWORK_TIMEOUT));
+        assert_eq!(c.pg.get_keepalives_idle(), DEFAULT_NETWORK_TIMEOUT);
+        assert_eq!(c.row_format, RowFormat::Any);
         assert_eq!(c.get_schema(), DEFAULT_SCHEMA);
         assert_eq!(c.get_table(), DEFAULT_TABLE);
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
@@ -719,7 +769,24 @@ mod tests {
         assert_eq!(parsed.get_ssl_mode(), SslMode::Require);
         assert!("host=h user=u sslmode=bogus".parse::<Config>().is_err());
         let plain: Config = "postgres://u@h/d".parse().unwrap();
-        assert_eq!(plain.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(plain.get_ssl_mode(), SslMode::Prefer);
+        let disabled: Config = "postgres://u@h/d?sslmode=disable".parse().unwrap();
+        assert_eq!(disabled.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(
+            Config::new("h", 1, "u", "", "d").get_ssl_mode(),
+            SslMode::Disable
+        );
+        let explicit: Config = "host=h user=u tcp_user_timeout=3 connect_timeout=4"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            explicit.pg.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(3))
+        );
+        assert_eq!(
+            explicit.pg.get_connect_timeout(),
+            Some(&Duration::from_secs(4))
+        );
     }
 
     #[test]

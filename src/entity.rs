@@ -53,12 +53,13 @@ impl StateStore {
         StateStore { write, read }
     }
 
-    /// Writes a state; a store actor that is gone reads as [`Error::NotConnected`].
+    /// Writes a state. A store actor that stopped before answering reads as
+    /// [`Error::Interrupted`]: the write may or may not have been applied.
     pub async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
         self.write
             .send(WriteState(state))
             .await
-            .unwrap_or(Err(Error::NotConnected))
+            .unwrap_or(Err(Error::Interrupted))
     }
 
     /// Reads the latest state; a store actor that is gone reads as [`Error::NotConnected`].
@@ -158,11 +159,20 @@ impl Default for RecoveryPolicy {
 /// - **One command at a time.** Each command is decided, persisted and answered before the next
 ///   one is looked at (actix's [`AtomicResponse`]), so versions can't be reordered.
 /// - **Persist, then reply.** [`Effect::Persist`] writes version + 1 (with the current Unix-ms
-///   timestamp and the shard from [`Sharding`]) and replies only once the store acknowledged
-///   it. If the write fails, the reply is the error and the state stays the last persisted one.
-/// - **Conflicts.** If the store reports a version conflict (the same entity running on
-///   another node), the entity reloads the stored state and the command fails with
-///   [`CommandError::Conflict`]; it never overwrites the other writer.
+///   timestamp and the shard from [`Sharding`]) and replies `Ok` only once the store stored
+///   exactly this command's state ([`WriteOutcome::Written`]). If the write fails, the reply is
+///   the error and the state stays the last persisted one; when the failure leaves the outcome
+///   unknown ([`Error::outcome_unknown`]: a timeout, a lost connection, a stopped store), the
+///   entity reads its state again before the next command.
+/// - **Conflicts.** If the store reports a version conflict, or that the very same state is
+///   already stored (another live actor of this id computed it: the entity never sends a state
+///   twice), the entity reloads the stored state and the command fails with
+///   [`CommandError::Conflict`]; nothing of this command was applied, and it never overwrites
+///   the other writer.
+/// - **Exactly once, within limits.** A command acknowledged `Ok` was applied once. A command
+///   answered with an error whose outcome is unknown may have been applied: a caller that
+///   retries it must make it idempotent itself (e.g. carry a command id in the state and have
+///   the behavior answer a seen id with `Effect::none`).
 ///
 /// ```no_run
 /// # use actix::Actor;
@@ -284,21 +294,32 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             DurableState::new(id.clone(), next, &new_state).with_shard(self.sharding.shard_of(&id));
         let store = self.store.clone();
         let write = async move {
-            match store.write(durable).await {
-                Ok(_) => Ok(()),
-                Err(conflict @ Error::VersionConflict { .. }) => {
-                    // Someone else owns the newer state: take it, don't fight it.
-                    let reloaded = match store.get(id).await {
-                        Ok(Some(stored)) => stored
-                            .decode_state::<B::State>()
-                            .map(|s| Some((s, stored.version_number))),
-                        Ok(None) => Ok(None),
-                        Err(e) => Err(e),
-                    };
-                    Err((conflict, Some(reloaded)))
-                }
-                Err(error) => Err((error, None)),
-            }
+            let conflict = match store.write(durable).await {
+                Ok(WriteOutcome::Written) => return Ok(()),
+                // This entity never sends a state twice, so a stored identical state was
+                // stored by someone else (another live actor of this id computed the same
+                // state): this command was not applied.
+                Ok(WriteOutcome::AlreadyStored) => None,
+                Err(conflict @ Error::VersionConflict { .. }) => Some(conflict),
+                Err(error) => return Err(Failure::Store(error)),
+            };
+            // Someone else owns the newer state: take it, don't fight it.
+            let reloaded = match store.get(id.clone()).await {
+                Ok(Some(stored)) => stored
+                    .decode_state::<B::State>()
+                    .map(|s| Some((s, stored.version_number))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let conflict = conflict.unwrap_or_else(|| Error::VersionConflict {
+                persistence_id: id,
+                attempted: next,
+                stored: match &reloaded {
+                    Ok(Some((_, version))) => *version,
+                    _ => next,
+                },
+            });
+            Err(Failure::Conflict(conflict, reloaded))
         };
         Box::pin(
             write
@@ -308,7 +329,7 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                         entity.current = Some((new_state, next));
                         Ok(reply)
                     }
-                    Err((conflict, Some(reloaded))) => {
+                    Err(Failure::Conflict(conflict, reloaded)) => {
                         entity.current = match reloaded {
                             Ok(Some(current)) => Some(current),
                             // The row vanished or could not be read: recover again before the next
@@ -317,10 +338,25 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                         };
                         Err(CommandError::Conflict(conflict))
                     }
-                    Err((error, None)) => Err(CommandError::Store(error)),
+                    Err(Failure::Store(error)) => {
+                        if error.outcome_unknown() {
+                            // The write may have been applied: the state in memory may be
+                            // stale, so it is read again before the next command.
+                            entity.current = None;
+                        }
+                        Err(CommandError::Store(error))
+                    }
                 }),
         )
     }
+}
+
+/// Why persisting a command's state failed.
+enum Failure<S> {
+    /// Another writer got there first; the stored state as reloaded (`None`: no row).
+    Conflict(Error, Result<Option<(S, u64)>, Error>),
+    /// The store failed; [`Error::outcome_unknown`] says whether the write may have landed.
+    Store(Error),
 }
 
 impl<B: DurableStateBehavior> Actor for DurableEntity<B> {

@@ -18,7 +18,9 @@ use tokio_postgres::error::SqlState;
 /// - [`Error::InvalidInput`] and [`Error::InvalidConfig`]: the caller's input is wrong; nothing
 ///   was sent to the database.
 ///
-/// No variant ever contains the connection password or state payload bytes.
+/// No variant ever contains the connection password or state payload bytes: server errors are
+/// kept as a [`PgError`], which reports the SQLSTATE and message but never the server's DETAIL
+/// (for a constraint violation that is the failing row, payload included).
 ///
 /// `Error` is `Clone`, so one failure (e.g. of a batched statement) can be reported to every
 /// caller it concerns; driver errors are shared behind an `Arc`.
@@ -51,7 +53,8 @@ pub enum Error {
 
     /// A statement did not finish within the configured statement timeout: the server
     /// cancelled it (SQLSTATE 57014), or did not answer at all. Whether a write that timed out
-    /// was applied is unknown; sending it again is safe (see [`crate::WriteOutcome::AlreadyStored`]).
+    /// was applied is unknown ([`Error::outcome_unknown`]); sending the same state again is
+    /// safe (see [`crate::WriteOutcome::AlreadyStored`]).
     #[error("statement did not finish within {timeout:?}")]
     Timeout {
         /// The configured statement timeout.
@@ -60,25 +63,40 @@ pub enum Error {
 
     /// Connecting to the database failed (refused, unreachable, wrong password, unknown
     /// database...). `source` is the driver's error for the most recent attempt.
-    #[error("database unavailable: {}", DisplayPg(source))]
+    #[error("database unavailable: {source}")]
     Unavailable {
         /// The error of the most recent connection attempt.
         #[source]
-        source: Arc<tokio_postgres::Error>,
+        source: PgError,
     },
 
-    /// The store was disconnected ([`crate::Disconnect`] or actor stop). Send [`crate::Ping`]
-    /// to connect again.
+    /// The store was disconnected ([`crate::Disconnect`]) before the request was sent: nothing
+    /// was written. Send [`crate::Ping`] to connect again.
     #[error("the durable store is not connected")]
     NotConnected,
 
-    /// PostgreSQL (or the connection to it) failed a statement.
-    #[error("database error: {}", DisplayPg(source))]
+    /// The store stopped (its actor or runtime shut down) while the request was queued or in
+    /// flight. Whether a write was applied is unknown ([`Error::outcome_unknown`]).
+    #[error("the durable store stopped before it answered; the outcome is unknown")]
+    Interrupted,
+
+    /// PostgreSQL (or the connection to it) failed a statement. When the connection broke
+    /// mid-statement ([`PgError::is_closed`] or no SQLSTATE), the outcome is unknown.
+    #[error("database error: {source}")]
     Database {
-        /// The driver's error; [`Error::code`] and [`tokio_postgres::Error::as_db_error`]
-        /// classify it.
+        /// The driver's error, without the server's DETAIL; [`Error::code`] classifies it.
         #[source]
-        source: Arc<tokio_postgres::Error>,
+        source: PgError,
+    },
+
+    /// The statement succeeded but stored nothing for this entity: a trigger or a row-level
+    /// security policy on the table suppressed the row. Nothing was written.
+    #[error(
+        "the database did not store the state of `{persistence_id}`: a trigger or row-level policy suppressed it"
+    )]
+    Suppressed {
+        /// The entity whose write was suppressed.
+        persistence_id: String,
     },
 
     /// A stored row cannot be read as a durable state: unknown or malformed manifest,
@@ -131,11 +149,11 @@ pub enum InvalidInput {
     #[error("persistence id is empty")]
     EmptyPersistenceId,
     /// The persistence id is longer than the column allows.
-    #[error("persistence id is {len} bytes long; at most {max} are allowed")]
+    #[error("persistence id is {len} characters long; at most {max} are allowed")]
     PersistenceIdTooLong {
-        /// Its length in bytes.
+        /// Its length in characters.
         len: usize,
-        /// The maximum in bytes.
+        /// The maximum in characters.
         max: usize,
     },
     /// The persistence id contains a NUL character, which PostgreSQL text cannot hold.
@@ -200,8 +218,7 @@ impl Error {
     /// The SQLSTATE of a database error, if this is one.
     pub fn code(&self) -> Option<&SqlState> {
         match self {
-            Error::Database { source } => source.code(),
-            Error::Unavailable { source } => source.code(),
+            Error::Database { source } | Error::Unavailable { source } => source.code(),
             _ => None,
         }
     }
@@ -214,58 +231,154 @@ impl Error {
             Error::PoolTimeout { .. }
             | Error::Timeout { .. }
             | Error::Unavailable { .. }
-            | Error::NotConnected => true,
+            | Error::NotConnected
+            | Error::Interrupted => true,
             Error::Database { source } => {
-                source.is_closed()
-                    || source.code().is_none()
-                    || source.code().is_some_and(|code| {
-                        let class = code.code().get(..2).unwrap_or_default();
+                source.connection_lost()
+                    || source.class().is_some_and(|class| {
                         // 08: connection exception, 40: serialization failure / deadlock,
                         // 53: insufficient resources, 57: operator intervention (shutdown,
-                        // query canceled by statement_timeout).
+                        // query canceled by statement_timeout), 25006: read-only (a standby
+                        // after failover).
                         matches!(class, "08" | "40" | "53" | "57")
                     })
+                    || source.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
             }
+            _ => false,
+        }
+    }
+
+    /// True when a write that failed with this error may nevertheless have been applied: the
+    /// statement timed out, the connection broke mid-statement, or the store stopped while the
+    /// write was in flight. Every other error means nothing was written.
+    ///
+    /// Sending exactly the same state again is safe: it is answered
+    /// [`WriteOutcome::AlreadyStored`](crate::WriteOutcome::AlreadyStored) if it was applied.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Error::Timeout { .. } | Error::Interrupted => true,
+            Error::Database { source } => source.connection_lost(),
             _ => false,
         }
     }
 
     pub(crate) fn database(source: tokio_postgres::Error) -> Self {
         Error::Database {
-            source: Arc::new(source),
+            source: PgError::new(source),
+        }
+    }
+
+    pub(crate) fn unavailable(source: impl Into<PgError>) -> Self {
+        Error::Unavailable {
+            source: source.into(),
         }
     }
 }
 
-/// Formats a driver error with the server's SQLSTATE, message and detail: tokio-postgres's own
-/// `Display` prints only "db error" for server errors.
-pub(crate) struct DisplayPg<'a>(pub(crate) &'a tokio_postgres::Error);
+/// An error of tokio-postgres, as the store reports it: the SQLSTATE, severity and message of a
+/// server error, or the cause of a connection failure.
+///
+/// It never shows the server's DETAIL, neither in `Display` nor in `Debug` nor through
+/// [`source`](std::error::Error::source): for a constraint violation that is "Failing row
+/// contains (…)", the state payload included, and errors end up in logs.
+#[derive(Clone)]
+pub struct PgError(Arc<tokio_postgres::Error>);
 
-impl fmt::Display for DisplayPg<'_> {
+impl PgError {
+    pub(crate) fn new(error: tokio_postgres::Error) -> Self {
+        PgError(Arc::new(error))
+    }
+
+    /// The SQLSTATE the server reported, if it reported one.
+    pub fn code(&self) -> Option<&SqlState> {
+        self.0.code()
+    }
+
+    /// The server's primary message (no DETAIL), if this is a server error.
+    pub fn message(&self) -> Option<&str> {
+        self.0.as_db_error().map(|db| db.message())
+    }
+
+    /// The name of the constraint that was violated, if the server named one.
+    pub fn constraint(&self) -> Option<&str> {
+        self.0.as_db_error().and_then(|db| db.constraint())
+    }
+
+    /// True when the connection is closed (it broke, or the server closed it).
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    /// True when the connection failed rather than the server refusing the statement (no
+    /// SQLSTATE, or a closed connection): the statement may or may not have run.
+    pub(crate) fn connection_lost(&self) -> bool {
+        self.0.is_closed() || self.0.as_db_error().is_none()
+    }
+
+    /// The two-character SQLSTATE class, e.g. `"23"` for integrity constraint violations.
+    pub(crate) fn class(&self) -> Option<&str> {
+        self.code().and_then(|code| code.code().get(..2))
+    }
+
+    /// The underlying driver error (whose DETAIL may hold payload bytes: do not log it).
+    pub(crate) fn driver(&self) -> &tokio_postgres::Error {
+        &self.0
+    }
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        PgError::new(error)
+    }
+}
+
+impl From<Arc<tokio_postgres::Error>> for PgError {
+    fn from(error: Arc<tokio_postgres::Error>) -> Self {
+        PgError(error)
+    }
+}
+
+impl fmt::Display for PgError {
+    /// tokio-postgres's own `Display` prints only "db error" for server errors: this prints the
+    /// severity, SQLSTATE and message, or a connection error with its cause.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0.as_db_error() {
-            Some(db) => {
-                write!(
-                    f,
-                    "{} [SQLSTATE {}]: {}",
-                    db.severity(),
-                    db.code().code(),
-                    db.message()
-                )?;
-                if let Some(detail) = db.detail() {
-                    write!(f, " ({detail})")?;
-                }
-                Ok(())
-            }
+            Some(db) => write!(
+                f,
+                "{} [SQLSTATE {}]: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            ),
             None => {
                 write!(f, "{}", self.0)?;
                 // The interesting part (e.g. "Connection refused") is often only in the source.
-                if let Some(source) = std::error::Error::source(self.0) {
+                if let Some(source) = std::error::Error::source(&*self.0) {
                     write!(f, ": {source}")?;
                 }
                 Ok(())
             }
         }
+    }
+}
+
+impl fmt::Debug for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgError")
+            .field("code", &self.code().map(SqlState::code))
+            .field("message", &self.to_string())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl std::error::Error for PgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // A server error's source is its `DbError`, whose `Display` includes the DETAIL.
+        if self.0.as_db_error().is_some() {
+            return None;
+        }
+        std::error::Error::source(&*self.0)
     }
 }
 

@@ -47,6 +47,7 @@ mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod tls;
+mod version;
 
 pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, HandleCommand};
 pub use crate::behavior_test::{BehaviorTest, Then};
@@ -54,18 +55,19 @@ pub use crate::config::{
     Config, DEFAULT_APPLICATION_NAME, DEFAULT_CHECKOUT_TIMEOUT, DEFAULT_HEALTH_CHECK_PERIOD,
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CONNECTION_IDLE_TIME, DEFAULT_MAX_CONNECTION_LIFETIME,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_MAX_STATE_BYTES,
-    DEFAULT_MIN_IDLE_CONNECTIONS, DEFAULT_SCHEMA, DEFAULT_TABLE, VersionCheck,
+    DEFAULT_MIN_IDLE_CONNECTIONS, DEFAULT_NETWORK_TIMEOUT, DEFAULT_SCHEMA,
+    DEFAULT_STATEMENT_TIMEOUT, DEFAULT_TABLE, VersionCheck,
 };
 pub use crate::entity::{
     DEFAULT_SHARD_COUNT, DurableEntity, Passivate, RecoveryPolicy, Sharding, StateStore,
 };
-pub use crate::error::{Error, InvalidInput};
+pub use crate::error::{Error, InvalidInput, PgError};
 pub use crate::memory::MemoryStore;
 pub use crate::messages::{
     CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState,
 };
-pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN};
-pub use crate::store::DurableStoreActor;
+pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN, RowFormat};
+pub use crate::store::{DurableStoreActor, Enqueue};
 pub use crate::tls::SslMode;
 
 /// The DDL of the table, exactly as shipped in `resources/durablestore_postgres.sql`.
@@ -107,7 +109,7 @@ pub mod fuzzing {
 
     /// Lays a state out as a row and reads it back, as a write then a read would.
     pub fn round_trip(state: DurableState) -> Result<DurableState, Result<InvalidInput, Error>> {
-        let row = StateRow::encode(state).map_err(Ok)?;
+        let row = StateRow::encode(state, crate::RowFormat::default()).map_err(Ok)?;
         row.decode().map_err(Err)
     }
 }

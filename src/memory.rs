@@ -7,7 +7,8 @@ use actix::{Actor, Context, Handler};
 use crate::config::{DEFAULT_MAX_STATE_BYTES, VersionCheck};
 use crate::error::Error;
 use crate::messages::{CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState};
-use crate::state::{DurableState, StateRow, validate_persistence_id};
+use crate::state::{DurableState, RowFormat, StateRow, validate_persistence_id};
+use crate::version::{self, Verdict};
 
 /// An actor answering the store messages from a `HashMap`, with the semantics of
 /// [`DurableStoreActor`](crate::DurableStoreActor): the same input validation, version rule,
@@ -49,27 +50,16 @@ impl MemoryStore {
         if self.disconnected {
             return Err(Error::NotConnected);
         }
-        let row = StateRow::encode(state)?.check_size(DEFAULT_MAX_STATE_BYTES)?;
-        let stored = self.rows.get(&row.persistence_id);
-        if self.version_check == VersionCheck::Sequential {
-            let stored_version = stored.map_or(0, |s| s.version_number);
-            if stored.is_some_and(|s| {
-                s.version_number == row.version_number
-                    && s.state_payload == row.state_payload
-                    && s.state_manifest == row.state_manifest
-            }) {
-                return Ok(WriteOutcome::AlreadyStored);
+        let row =
+            StateRow::encode(state, RowFormat::default())?.check_size(DEFAULT_MAX_STATE_BYTES)?;
+        match version::judge(self.rows.get(&row.persistence_id), &row, self.version_check) {
+            Verdict::Apply => {
+                self.rows.insert(row.persistence_id.clone(), row);
+                Ok(WriteOutcome::Written)
             }
-            if stored_version != row.version_number - 1 {
-                return Err(Error::VersionConflict {
-                    persistence_id: row.persistence_id,
-                    attempted: u64::try_from(row.version_number).unwrap_or(0),
-                    stored: u64::try_from(stored_version).unwrap_or(0),
-                });
-            }
+            Verdict::AlreadyStored => Ok(WriteOutcome::AlreadyStored),
+            Verdict::Conflict { stored } => Err(version::conflict(&row, stored)),
         }
-        self.rows.insert(row.persistence_id.clone(), row);
-        Ok(WriteOutcome::Written)
     }
 
     fn get(&self, persistence_id: &str) -> Result<Option<DurableState>, Error> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bb8::{ErrorSink, ManageConnection, PooledConnection, RunError};
 use bb8_postgres::PostgresConnectionManager;
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -17,14 +17,17 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Socket, Statement};
 
 use crate::config::Config;
-use crate::error::{DisplayPg, Error};
+use crate::error::{Error, PgError};
 use crate::sql::{Sql, Stmt};
 use crate::tls;
 
 /// A checked-out connection; returns to its pool when dropped.
 pub(crate) struct PooledClient {
-    conn: Box<dyn Conn>,
+    /// `None` only while being dropped.
+    conn: Option<Box<dyn Conn>>,
     statement_timeout: Option<Duration>,
+    /// Set when the client gave up on a statement that may still run on the server.
+    abandoned: AtomicBool,
 }
 
 /// How long the client waits beyond the statement timeout for the server to cancel a statement
@@ -32,75 +35,144 @@ pub(crate) struct PooledClient {
 const CLIENT_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 
 impl PooledClient {
+    fn new(conn: Box<dyn Conn>, statement_timeout: Option<Duration>) -> Self {
+        PooledClient {
+            conn: Some(conn),
+            statement_timeout,
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
+    fn conn(&self) -> Result<&dyn Conn, Error> {
+        self.conn.as_deref().ok_or(Error::Interrupted)
+    }
+
     /// Runs `work` on the connection within the statement timeout (plus a grace period for the
-    /// server to cancel it itself). On expiry the connection is marked broken, so the pool
-    /// replaces it rather than reuse a connection whose state is unknown.
+    /// server to cancel it itself). On expiry the statement is cancelled and the connection is
+    /// never used for another statement (see [`Conn::abandon`]). A failure that leaves the
+    /// connection unusable or pointing at the wrong server (see [`breaks_connection`]) marks it
+    /// broken, so the pool opens a new one.
     async fn bounded<T>(
         &self,
         work: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, Error> {
-        let Some(timeout) = self.statement_timeout else {
-            return work.await.map_err(Error::database);
+        let conn = self.conn()?;
+        let result = match self.statement_timeout {
+            None => work.await,
+            Some(timeout) => {
+                match tokio::time::timeout(timeout.saturating_add(CLIENT_TIMEOUT_GRACE), work).await
+                {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // The server did not cancel by itself (frozen, partitioned): `Drop`
+                        // hands the connection to `Conn::abandon`.
+                        self.abandoned.store(true, Ordering::Relaxed);
+                        return Err(Error::Timeout { timeout });
+                    }
+                }
+            }
         };
-        match tokio::time::timeout(timeout.saturating_add(CLIENT_TIMEOUT_GRACE), work).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) if error.code() == Some(&SqlState::QUERY_CANCELED) => {
-                Err(Error::Timeout { timeout })
+        result.map_err(|error| {
+            if breaks_connection(&error) {
+                conn.mark_broken();
             }
-            Ok(Err(error)) => Err(Error::database(error)),
-            Err(_) => {
-                // The server did not cancel by itself: ask it to (so a borrowed pool, whose
-                // connection we cannot discard, gets it back idle), and never reuse this one.
-                self.conn.mark_broken();
-                let cancel = self.conn.client().cancel_token();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(
-                        CLIENT_TIMEOUT_GRACE,
-                        cancel.cancel_query(tokio_postgres::NoTls),
-                    )
-                    .await;
-                });
-                Err(Error::Timeout { timeout })
+            match (error.code(), self.statement_timeout) {
+                (Some(&SqlState::QUERY_CANCELED), Some(timeout)) => Error::Timeout { timeout },
+                _ => Error::database(error),
             }
-        }
+        })
     }
 
     /// Runs SQL text with the simple query protocol (no parameters), within the timeout.
     pub(crate) async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
-        self.bounded(self.conn.client().batch_execute(sql)).await
+        self.bounded(self.conn()?.client().batch_execute(sql)).await
     }
 
     /// Runs one of the store's statements: prepared once per connection on an owned pool (no
     /// planning on later calls), or with `query_typed` (still one round trip) on a borrowed
     /// pool, whose connections have nowhere to keep prepared statements.
+    ///
+    /// A prepared statement the server no longer accepts (its result type changed after an
+    /// `ALTER TABLE`, or a pooler lost it) is prepared again and the statement retried once:
+    /// the server refused it before running it, so nothing was applied.
     pub(crate) async fn query(
         &self,
         sql: &Sql,
         which: Stmt,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, Error> {
-        self.bounded(self.query_unbounded(sql, which, params)).await
+        let conn = self.conn()?;
+        match self.bounded(query_on(conn, sql, which, params)).await {
+            Err(error) if is_stale_statement(&error) => {
+                if let Some(prepared) = conn.prepared() {
+                    prepared.clear();
+                }
+                self.bounded(query_on(conn, sql, which, params)).await
+            }
+            other => other,
+        }
     }
+}
 
-    async fn query_unbounded(
-        &self,
-        sql: &Sql,
-        which: Stmt,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let client = self.conn.client();
-        let Some(prepared) = self.conn.prepared() else {
-            return client.query_typed(sql.text(which), params).await;
-        };
-        let statement = prepared.statements[which as usize]
-            .get_or_try_init(|| {
-                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-                async move { client.prepare_typed(sql.text(which), &types).await }
-            })
-            .await?;
-        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-        client.query(statement, &values).await
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        if *self.abandoned.get_mut() {
+            if let Some(conn) = self.conn.take() {
+                conn.abandon();
+            }
+        }
     }
+}
+
+async fn query_on(
+    conn: &dyn Conn,
+    sql: &Sql,
+    which: Stmt,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let client = conn.client();
+    let Some(prepared) = conn.prepared() else {
+        return client.query_typed(sql.text(which), params).await;
+    };
+    let statement = match prepared.get(which) {
+        Some(statement) => statement,
+        None => {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            let statement = client.prepare_typed(sql.text(which), &types).await?;
+            prepared.set(which, statement.clone());
+            statement
+        }
+    };
+    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+    client.query(&statement, &values).await
+}
+
+/// Errors after which a connection must not be reused: it is closed or broke (no SQLSTATE,
+/// class 08), the server is shutting it down (57P01-03), or it is read-only (25006: an old
+/// primary after a failover, where the pool must reconnect to find the new one).
+fn breaks_connection(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    let Some(code) = error.code() else {
+        return true;
+    };
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ]
+        .contains(code)
+}
+
+/// A prepared statement the server refused before running it: its cached plan's result type
+/// changed (0A000, after `ALTER TABLE`) or it no longer exists (26000, behind a pooler).
+fn is_stale_statement(error: &Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::FEATURE_NOT_SUPPORTED || *code == SqlState::INVALID_SQL_STATEMENT_NAME
+    })
 }
 
 /// What the store needs of a pooled connection, whatever pool it came from.
@@ -110,21 +182,59 @@ trait Conn: Send + Sync {
     /// Makes the pool drop this connection when it comes back (a no-op on borrowed pools,
     /// whose manager we do not control).
     fn mark_broken(&self);
+    /// Called when the client gave up on a statement that may still be running: asks the
+    /// server to cancel it, and makes sure no other statement runs on this connection while it
+    /// might (a late cancel would kill that one instead).
+    fn abandon(self: Box<Self>);
 }
 
-/// A connection of an owned pool: the client and its prepared statements.
+/// A connection of an owned pool: the client, its prepared statements, and the TLS connector
+/// it was made with (a cancel request must use the same TLS as the connection).
 ///
 /// Statements are prepared on first use rather than on connect, so a connection can be opened
 /// before the table exists (to run `CreateSchema` on it).
-struct PreparedClient {
+struct PreparedClient<T> {
     client: Client,
     prepared: Prepared,
     broken: AtomicBool,
+    tls: T,
 }
 
+/// The statements prepared on one connection, by [`Stmt`].
 #[derive(Default)]
 struct Prepared {
-    statements: [OnceCell<Statement>; Stmt::COUNT],
+    statements: Mutex<[Option<Statement>; Stmt::COUNT]>,
+}
+
+impl Prepared {
+    fn get(&self, which: Stmt) -> Option<Statement> {
+        // A poisoned lock only means a thread panicked while assigning an Option: still valid.
+        self.statements
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())[which as usize]
+            .clone()
+    }
+
+    fn set(&self, which: Stmt, statement: Statement) {
+        self.statements
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())[which as usize] = Some(statement);
+    }
+
+    fn clear(&self) {
+        *self
+            .statements
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Default::default();
+    }
+}
+
+/// Runs `task` on the current Tokio runtime, if there is one (a connection can be dropped
+/// while a runtime shuts down).
+fn spawn_if_running(task: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(task);
+    }
 }
 
 impl<T> Conn for PooledConnection<'static, PostgresConnectionManager<T>>
@@ -143,6 +253,22 @@ where
     }
 
     fn mark_broken(&self) {}
+
+    fn abandon(self: Box<Self>) {
+        // The pool's TLS connector is not ours to use, so the cancel request goes in plain
+        // TCP: the server accepts it unless it requires TLS. Either way the connection goes
+        // back to its pool only once the statement has ended: the empty query queued behind it
+        // answers then (or the connection closes).
+        let token = self.cancel_token();
+        spawn_if_running(async move {
+            let _ = tokio::time::timeout(
+                CLIENT_TIMEOUT_GRACE,
+                token.cancel_query(tokio_postgres::NoTls),
+            )
+            .await;
+            let _ = self.simple_query("").await;
+        });
+    }
 }
 
 impl<T> Conn for PooledConnection<'static, OwnedManager<T>>
@@ -163,10 +289,28 @@ where
     fn mark_broken(&self) {
         self.broken.store(true, Ordering::Relaxed);
     }
+
+    fn abandon(self: Box<Self>) {
+        // Discarded, never reused; the cancel stops the statement (and frees its locks) on the
+        // server, which would otherwise run it to the end.
+        self.mark_broken();
+        let token = self.client.cancel_token();
+        let tls = self.tls.clone();
+        spawn_if_running(async move {
+            if let Err(error) =
+                tokio::time::timeout(CLIENT_TIMEOUT_GRACE, token.cancel_query(tls)).await
+            {
+                tracing::warn!(%error, "durable store could not send a cancel request");
+            }
+        });
+    }
 }
 
 /// bb8-postgres's manager, with a statement cache per connection.
-struct OwnedManager<T: MakeTlsConnect<Socket>>(PostgresConnectionManager<T>);
+struct OwnedManager<T: MakeTlsConnect<Socket>> {
+    manager: PostgresConnectionManager<T>,
+    tls: T,
+}
 
 impl<T> ManageConnection for OwnedManager<T>
 where
@@ -175,23 +319,24 @@ where
     T::TlsConnect: Send,
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
-    type Connection = PreparedClient;
+    type Connection = PreparedClient<T>;
     type Error = tokio_postgres::Error;
 
-    async fn connect(&self) -> Result<PreparedClient, tokio_postgres::Error> {
-        let client = self.0.connect().await?;
+    async fn connect(&self) -> Result<PreparedClient<T>, tokio_postgres::Error> {
+        let client = self.manager.connect().await?;
         Ok(PreparedClient {
             client,
             prepared: Prepared::default(),
             broken: AtomicBool::new(false),
+            tls: self.tls.clone(),
         })
     }
 
-    async fn is_valid(&self, conn: &mut PreparedClient) -> Result<(), tokio_postgres::Error> {
-        self.0.is_valid(&mut conn.client).await
+    async fn is_valid(&self, conn: &mut PreparedClient<T>) -> Result<(), tokio_postgres::Error> {
+        self.manager.is_valid(&mut conn.client).await
     }
 
-    fn has_broken(&self, conn: &mut PreparedClient) -> bool {
+    fn has_broken(&self, conn: &mut PreparedClient<T>) -> bool {
         conn.client.is_closed() || *conn.broken.get_mut()
     }
 }
@@ -316,14 +461,14 @@ impl Connections {
         };
         tokio::select! {
             result = tokio::time::timeout(self.checkout_timeout, self.live()) => match result.unwrap_or(Err(RunError::TimedOut)) {
-                Ok(conn) => Ok(PooledClient { conn, statement_timeout: self.statement_timeout }),
-                Err(RunError::User(source)) => Err(Error::Unavailable { source: Arc::new(source) }),
+                Ok(conn) => Ok(PooledClient::new(conn, self.statement_timeout)),
+                Err(RunError::User(source)) => Err(Error::unavailable(source)),
                 Err(RunError::TimedOut) => Err(match self.errors.as_ref().and_then(|e| e.latest_since(started)) {
-                    Some(source) => Error::Unavailable { source },
+                    Some(source) => Error::unavailable(source),
                     None => Error::PoolTimeout { timeout: self.checkout_timeout },
                 }),
             },
-            source = fatal => Err(Error::Unavailable { source }),
+            source = fatal => Err(Error::unavailable(source)),
         }
     }
 }
@@ -368,7 +513,10 @@ where
         // connection is caught by `Client::is_closed` instead (on checkout and return).
         .test_on_check_out(false)
         .error_sink(Box::new(errors.clone()))
-        .build_unchecked(OwnedManager(PostgresConnectionManager::new(pg, tls)))
+        .build_unchecked(OwnedManager {
+            manager: PostgresConnectionManager::new(pg, tls.clone()),
+            tls,
+        })
 }
 
 /// bb8's error sink for an owned pool: bb8 reports connection failures only here (its `get`
@@ -380,7 +528,7 @@ struct ConnectErrors {
 
 #[derive(Default)]
 struct ErrorsInner {
-    last: Mutex<Option<(Instant, Arc<tokio_postgres::Error>)>>,
+    last: Mutex<Option<(Instant, PgError)>>,
     fatal: Notify,
 }
 
@@ -391,7 +539,7 @@ impl std::fmt::Debug for ConnectErrors {
 }
 
 impl ConnectErrors {
-    fn last(&self) -> Option<(Instant, Arc<tokio_postgres::Error>)> {
+    fn last(&self) -> Option<(Instant, PgError)> {
         // A poisoned lock only means another thread panicked mid-assignment of an Option;
         // the value is still a valid Option.
         self.inner
@@ -401,20 +549,20 @@ impl ConnectErrors {
             .clone()
     }
 
-    fn latest_since(&self, since: Instant) -> Option<Arc<tokio_postgres::Error>> {
+    fn latest_since(&self, since: Instant) -> Option<PgError> {
         self.last()
             .filter(|(at, _)| *at >= since)
             .map(|(_, error)| error)
     }
 
     /// Resolves with the first non-retryable connection error recorded at or after `since`.
-    async fn fatal_since(&self, since: Instant) -> Arc<tokio_postgres::Error> {
+    async fn fatal_since(&self, since: Instant) -> PgError {
         loop {
             let notified = self.inner.fatal.notified();
             tokio::pin!(notified);
             // Register before checking, so an error recorded in between is not missed.
             notified.as_mut().enable();
-            if let Some(error) = self.latest_since(since).filter(|e| is_fatal(e)) {
+            if let Some(error) = self.latest_since(since).filter(|e| is_fatal(e.driver())) {
                 return error;
             }
             notified.await;
@@ -453,14 +601,14 @@ fn is_bad_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
 
 impl ErrorSink<tokio_postgres::Error> for ConnectErrors {
     fn sink(&self, error: tokio_postgres::Error) {
-        tracing::warn!(error = %DisplayPg(&error), "durable store connection attempt failed");
-        let fatal = is_fatal(&error);
+        let error = PgError::new(error);
+        tracing::warn!(%error, "durable store connection attempt failed");
+        let fatal = is_fatal(error.driver());
         *self
             .inner
             .last
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            Some((Instant::now(), Arc::new(error)));
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((Instant::now(), error));
         if fatal {
             self.inner.fatal.notify_waiters();
         }

@@ -47,7 +47,8 @@ pub(crate) struct Sql {
     /// waiting for a concurrent writer, so a concurrent write can never be overwritten. Returns
     /// the ids that were written; the others are classified with a fresh [`Sql::select`].
     pub write_checked: String,
-    /// Last-writer-wins upsert of N rows with distinct ids.
+    /// Last-writer-wins upsert of N rows with distinct ids. Returns the ids that were written:
+    /// a row a trigger or row-level policy suppressed is missing.
     pub write_unchecked: String,
     /// The stored rows of the ids in `$1::text[]`.
     pub select: String,
@@ -98,7 +99,8 @@ SELECT persistence_id FROM inserted UNION ALL SELECT persistence_id FROM updated
             r#"INSERT INTO {t} AS s ({COLUMNS})
 SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i."timestamp", i.shard_number
 FROM ({INPUT}) i
-ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}"#
+ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
+RETURNING s.persistence_id"#
         );
         let select = format!("SELECT {COLUMNS} FROM {t} WHERE persistence_id = ANY($1::text[])");
 

@@ -7,19 +7,38 @@ use prost_types::Any;
 
 use crate::error::{Error, InvalidInput, truncate};
 
-/// Longest persistence id, in bytes (`VARCHAR(255)`; counting bytes keeps the rule the same
-/// for every encoding).
+/// Longest persistence id, in characters: the column is `VARCHAR(255)`, which PostgreSQL counts
+/// in characters, so an id of 200 non-ASCII characters written by the Go store is valid here too.
 pub const MAX_PERSISTENCE_ID_LEN: usize = 255;
 
 /// Longest manifest (fully qualified protobuf name) the `state_manifest` column holds.
 const MAX_MANIFEST_LEN: usize = 255;
 
-/// The type URL prefix protobuf uses for `Any`; states with it are stored in the native row
-/// format.
+/// The type URL prefix protobuf uses for `Any`.
 const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 
-/// Manifest of rows written by eGo's Go store: the payload is a serialized `Any`.
+/// Manifest of rows in eGo's Go store format: the payload is a serialized `Any`.
 const ANY_MANIFEST: &str = "google.protobuf.Any";
+
+/// How a state is laid out in `state_manifest` and `state_payload`.
+///
+/// Reading accepts both layouts whatever this says, so rows written in either stay readable
+/// and a table can hold a mix of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RowFormat {
+    /// eGo's Go store format: `state_manifest` is `google.protobuf.Any` and `state_payload` the
+    /// serialized `Any` (type URL and state bytes). The Go store's reader accepts only this
+    /// layout, so a Go service and a Rust service can share the table. This is the default.
+    #[default]
+    Any,
+    /// `state_manifest` is the state's fully qualified protobuf name and `state_payload` its
+    /// bytes alone: a few bytes smaller per row and readable with SQL by manifest, but **a Go
+    /// service using eGo's store fails to read these rows**. Use it only for tables no Go
+    /// service reads. A state whose type URL does not start with `type.googleapis.com/` is still
+    /// stored as an `Any`, so its type URL reads back exactly.
+    Typed,
+}
 
 /// The latest state of one entity, wire-compatible with eGo's `ego.v1.DurableState`
 /// (fields 1, 2, 3, 5 and 6).
@@ -169,9 +188,10 @@ pub(crate) fn validate_persistence_id(id: &str) -> Result<(), InvalidInput> {
     if id.is_empty() {
         return Err(InvalidInput::EmptyPersistenceId);
     }
-    if id.len() > MAX_PERSISTENCE_ID_LEN {
+    // No id of at most 255 bytes has more than 255 characters: count only longer ones.
+    if id.len() > MAX_PERSISTENCE_ID_LEN && id.chars().count() > MAX_PERSISTENCE_ID_LEN {
         return Err(InvalidInput::PersistenceIdTooLong {
-            len: id.len(),
+            len: id.chars().count(),
             max: MAX_PERSISTENCE_ID_LEN,
         });
     }
@@ -193,13 +213,8 @@ pub(crate) struct StateRow {
 }
 
 impl StateRow {
-    /// Validates `state` and lays it out as a row.
-    ///
-    /// A state whose type URL has the standard `type.googleapis.com/` prefix is stored natively:
-    /// its own bytes as payload, its full name as manifest. Any other prefix is stored as the
-    /// serialized `Any` under the `google.protobuf.Any` manifest (the Go store's format), so the
-    /// type URL reads back exactly as written.
-    pub(crate) fn encode(state: DurableState) -> Result<Self, InvalidInput> {
+    /// Validates `state` and lays it out as a row in `format` (see [`RowFormat`]).
+    pub(crate) fn encode(state: DurableState, format: RowFormat) -> Result<Self, InvalidInput> {
         let DurableState {
             persistence_id,
             version_number,
@@ -241,12 +256,14 @@ impl StateRow {
                 type_url: truncate(&any.type_url, 300),
             });
         }
-        let (state_manifest, state_payload) =
-            if any.type_url.strip_prefix(TYPE_URL_PREFIX) == Some(name) && name != ANY_MANIFEST {
-                (name.to_owned(), any.value)
-            } else {
-                (ANY_MANIFEST.to_owned(), any.encode_to_vec())
-            };
+        let typed = format == RowFormat::Typed
+            && any.type_url.strip_prefix(TYPE_URL_PREFIX) == Some(name)
+            && name != ANY_MANIFEST;
+        let (state_manifest, state_payload) = if typed {
+            (name.to_owned(), any.value)
+        } else {
+            (ANY_MANIFEST.to_owned(), any.encode_to_vec())
+        };
         Ok(StateRow {
             persistence_id,
             version_number,
@@ -269,7 +286,34 @@ impl StateRow {
         Ok(self)
     }
 
-    /// Turns a stored row back into a state; accepts both the native and the Go store's format.
+    /// True when `self` and `other` hold the same version of the same state, whichever
+    /// [`RowFormat`] each was laid out in (the timestamp and shard are not compared).
+    pub(crate) fn same_state(&self, other: &StateRow) -> bool {
+        if self.version_number != other.version_number {
+            return false;
+        }
+        if self.state_manifest == other.state_manifest {
+            return self.state_payload == other.state_payload;
+        }
+        match (self.any(), other.any()) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// The state as an `Any`, from either layout; `None` for a row that does not decode.
+    fn any(&self) -> Option<Any> {
+        if self.state_manifest == ANY_MANIFEST {
+            Any::decode(self.state_payload.as_slice()).ok()
+        } else {
+            Some(Any {
+                type_url: format!("{TYPE_URL_PREFIX}{}", self.state_manifest),
+                value: self.state_payload.clone(),
+            })
+        }
+    }
+
+    /// Turns a stored row back into a state; accepts both [`RowFormat`]s.
     pub(crate) fn decode(self) -> Result<DurableState, Error> {
         let corrupt = |reason: String| Error::CorruptState {
             persistence_id: self.persistence_id.clone(),
@@ -343,9 +387,23 @@ mod tests {
     }
 
     #[test]
-    fn native_row_round_trip() {
+    fn default_row_is_the_go_stores_any_format() {
         let state = sample();
-        let row = StateRow::encode(state.clone()).unwrap();
+        let row = StateRow::encode(state.clone(), RowFormat::default()).unwrap();
+        assert_eq!(row.state_manifest, ANY_MANIFEST);
+        let any = Any::decode(row.state_payload.as_slice()).unwrap();
+        assert_eq!(Some(&any), state.resulting_state.as_ref());
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/google.protobuf.Timestamp"
+        );
+        assert_eq!(row.decode().unwrap(), state);
+    }
+
+    #[test]
+    fn typed_row_round_trip() {
+        let state = sample();
+        let row = StateRow::encode(state.clone(), RowFormat::Typed).unwrap();
         assert_eq!(row.state_manifest, "google.protobuf.Timestamp");
         assert_eq!(
             row.state_payload,
@@ -355,12 +413,32 @@ mod tests {
     }
 
     #[test]
+    fn same_state_compares_across_formats() {
+        let any = StateRow::encode(sample(), RowFormat::Any).unwrap();
+        let typed = StateRow::encode(sample(), RowFormat::Typed).unwrap();
+        assert!(any.same_state(&typed) && typed.same_state(&any));
+        let mut other = sample();
+        other.resulting_state.as_mut().unwrap().value.push(1);
+        let other = StateRow::encode(other, RowFormat::Any).unwrap();
+        assert!(!other.same_state(&typed));
+        let mut next = sample();
+        next.version_number += 1;
+        assert!(
+            !StateRow::encode(next, RowFormat::Any)
+                .unwrap()
+                .same_state(&any)
+        );
+    }
+
+    #[test]
     fn custom_type_url_prefix_round_trips_exactly() {
         let mut state = sample();
         state.resulting_state.as_mut().unwrap().type_url = "example.com/acme.Thing".into();
-        let row = StateRow::encode(state.clone()).unwrap();
-        assert_eq!(row.state_manifest, ANY_MANIFEST);
-        assert_eq!(row.decode().unwrap(), state);
+        for format in [RowFormat::Any, RowFormat::Typed] {
+            let row = StateRow::encode(state.clone(), format).unwrap();
+            assert_eq!(row.state_manifest, ANY_MANIFEST);
+            assert_eq!(row.decode().unwrap(), state);
+        }
     }
 
     #[test]
@@ -384,7 +462,7 @@ mod tests {
 
     #[test]
     fn corrupt_rows_are_typed_errors() {
-        let base = StateRow::encode(sample()).unwrap();
+        let base = StateRow::encode(sample(), RowFormat::Typed).unwrap();
         let cases = [
             StateRow {
                 version_number: -1,
@@ -432,7 +510,7 @@ mod tests {
         let with = |f: &dyn Fn(&mut DurableState)| {
             let mut s = ok.clone();
             f(&mut s);
-            StateRow::encode(s).unwrap_err()
+            StateRow::encode(s, RowFormat::default()).unwrap_err()
         };
         assert_eq!(
             with(&|s| s.persistence_id.clear()),
@@ -440,6 +518,10 @@ mod tests {
         );
         assert!(matches!(
             with(&|s| s.persistence_id = "x".repeat(256)),
+            InvalidInput::PersistenceIdTooLong { len: 256, max: 255 }
+        ));
+        assert!(matches!(
+            with(&|s| s.persistence_id = "é".repeat(256)),
             InvalidInput::PersistenceIdTooLong { len: 256, max: 255 }
         ));
         assert_eq!(
@@ -474,11 +556,11 @@ mod tests {
                 "{url:?}"
             );
         }
-        // 255 bytes is the limit, inclusive.
+        // 255 characters is the limit, inclusive, however many bytes they take.
         let mut max = ok.clone();
-        max.persistence_id = "é".repeat(127) + "x";
-        assert_eq!(max.persistence_id.len(), 255);
-        assert!(StateRow::encode(max).is_ok());
+        max.persistence_id = "😀".repeat(255);
+        assert_eq!(max.persistence_id.len(), 1020);
+        assert!(StateRow::encode(max, RowFormat::default()).is_ok());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The store actor and the database work behind its messages.
 
+use std::fmt;
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, ResponseFuture};
+use actix::dev::{MessageResponse, OneshotSender};
+use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture, fut};
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::Socket;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -18,8 +20,10 @@ use crate::state::DurableState;
 /// An actix actor that keeps the latest state of each entity in PostgreSQL.
 ///
 /// It answers [`WriteState`], [`GetLatestState`], [`Ping`], [`CreateSchema`] and
-/// [`Disconnect`]. Its mailbox never waits on the database: each message becomes a future
-/// that queues the request for one of `max_connections` workers. A worker with nothing to do
+/// [`Disconnect`]. Its mailbox never waits on the database: a write or read goes straight into
+/// a bounded queue served by `max_connections` workers, with the caller's reply channel
+/// (see [`Enqueue`]); when that queue is full the actor takes no message until there is room,
+/// so the memory it holds stays bounded however the messages are sent. A worker with nothing to do
 /// sends a lone request at once; requests that queue while every worker is busy are sent
 /// together as one multi-row statement and one commit (group commit), each caller still
 /// getting its own answer. Writes of different entities run concurrently up to the pool size.
@@ -134,46 +138,83 @@ impl Actor for DurableStoreActor {
     }
 }
 
+/// How [`DurableStoreActor`] answers [`WriteState`] and [`GetLatestState`]: the request goes
+/// straight into the batching queue together with the caller's reply channel, and a worker
+/// answers it; no task or future is created per message. When the queue is full, the actor
+/// stops taking messages until there is room, so the mailbox (bounded for `send`) holds the
+/// rest.
+///
+/// Returned by the handlers; there is nothing to do with it.
+pub struct Enqueue<R> {
+    store: Result<Arc<Store>, Error>,
+    request: R,
+}
+
+impl<R> fmt::Debug for Enqueue<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Enqueue").finish_non_exhaustive()
+    }
+}
+
+impl MessageResponse<DurableStoreActor, WriteState> for Enqueue<DurableState> {
+    fn handle(
+        self,
+        ctx: &mut Context<DurableStoreActor>,
+        tx: Option<OneshotSender<Result<WriteOutcome, Error>>>,
+    ) {
+        match self.store {
+            Ok(store) => {
+                if let Some(admission) = store.write(self.request, tx) {
+                    ctx.wait(fut::wrap_future(admission));
+                }
+            }
+            Err(error) => reply(tx, Err(error)),
+        }
+    }
+}
+
+impl MessageResponse<DurableStoreActor, GetLatestState> for Enqueue<String> {
+    fn handle(
+        self,
+        ctx: &mut Context<DurableStoreActor>,
+        tx: Option<OneshotSender<Result<Option<DurableState>, Error>>>,
+    ) {
+        match self.store {
+            Ok(store) => {
+                if let Some(admission) = store.get(self.request, tx) {
+                    ctx.wait(fut::wrap_future(admission));
+                }
+            }
+            Err(error) => reply(tx, Err(error)),
+        }
+    }
+}
+
+fn reply<T>(tx: Option<OneshotSender<T>>, value: T) {
+    if let Some(tx) = tx {
+        let _ = tx.send(value);
+    }
+}
+
 impl Handler<WriteState> for DurableStoreActor {
-    type Result = ResponseFuture<Result<WriteOutcome, Error>>;
+    type Result = Enqueue<DurableState>;
 
     fn handle(&mut self, WriteState(state): WriteState, _ctx: &mut Self::Context) -> Self::Result {
-        let span = tracing::debug_span!(
-            "durable_store.write",
-            persistence_id = %state.persistence_id,
-            version = state.version_number,
-            outcome = tracing::field::Empty,
-        );
-        let store = self.store();
-        Box::pin(
-            async move {
-                let result = async { store?.write(state).await }.await;
-                record_outcome(&result);
-                result
-            }
-            .instrument(span),
-        )
+        Enqueue {
+            store: self.store(),
+            request: state,
+        }
     }
 }
 
 impl Handler<GetLatestState> for DurableStoreActor {
-    type Result = ResponseFuture<Result<Option<DurableState>, Error>>;
+    type Result = Enqueue<String>;
 
     fn handle(&mut self, msg: GetLatestState, _ctx: &mut Self::Context) -> Self::Result {
-        let span = tracing::debug_span!(
-            "durable_store.get",
-            persistence_id = %msg.0,
-            outcome = tracing::field::Empty,
-        );
-        let store = self.store();
-        Box::pin(
-            async move {
-                let result = async { store?.get(msg.0).await }.await;
-                record_outcome(&result);
-                result
-            }
-            .instrument(span),
-        )
+        Enqueue {
+            store: self.store(),
+            request: msg.0,
+        }
     }
 }
 
@@ -225,56 +266,15 @@ impl Handler<Disconnect> for DurableStoreActor {
 }
 
 /// Records how an operation ended on the current span; errors are logged without payloads.
-fn record_outcome<T: OutcomeName>(result: &Result<T, Error>) {
+fn record_outcome(result: &Result<(), Error>) {
     let span = tracing::Span::current();
     match result {
-        Ok(value) => {
-            span.record("outcome", value.outcome_name());
+        Ok(()) => {
+            span.record("outcome", "ok");
         }
         Err(error) => {
-            span.record("outcome", error_name(error));
+            span.record("outcome", "error");
             tracing::debug!(%error, "durable store operation failed");
         }
-    }
-}
-
-trait OutcomeName {
-    fn outcome_name(&self) -> &'static str;
-}
-
-impl OutcomeName for WriteOutcome {
-    fn outcome_name(&self) -> &'static str {
-        match self {
-            WriteOutcome::Written => "written",
-            WriteOutcome::AlreadyStored => "already_stored",
-        }
-    }
-}
-
-impl OutcomeName for Option<DurableState> {
-    fn outcome_name(&self) -> &'static str {
-        if self.is_some() { "found" } else { "not_found" }
-    }
-}
-
-impl OutcomeName for () {
-    fn outcome_name(&self) -> &'static str {
-        "ok"
-    }
-}
-
-fn error_name(error: &Error) -> &'static str {
-    match error {
-        Error::VersionConflict { .. } => "version_conflict",
-        Error::PoolTimeout { .. } => "pool_timeout",
-        Error::Timeout { .. } => "timeout",
-        Error::Unavailable { .. } => "unavailable",
-        Error::NotConnected => "not_connected",
-        Error::Database { .. } => "database_error",
-        Error::CorruptState { .. } | Error::StateTypeMismatch { .. } | Error::Decode { .. } => {
-            "corrupt_state"
-        }
-        Error::InvalidInput(_) => "invalid_input",
-        Error::InvalidConfig(_) => "invalid_config",
     }
 }

@@ -109,7 +109,7 @@ async fn connect(url: &str) -> Result<Client, Error> {
             .connect(NoTls)
             .await
             .map_err(|source| Error::Unavailable {
-                source: std::sync::Arc::new(source),
+                source: source.into(),
             })?;
     tokio::spawn(async move {
         let _ = connection.await;

@@ -18,10 +18,11 @@ use crate::error::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SslMode {
-    /// Plain TCP. The default, as in eGo's Go store.
-    #[default]
+    /// Plain TCP, as eGo's Go store connects ([`Config::new`](crate::Config::new)'s default).
     Disable,
-    /// TLS if the server offers it, plain TCP otherwise; the certificate is not checked.
+    /// TLS if the server offers it, plain TCP otherwise; the certificate is not checked. The
+    /// default of connection strings without `sslmode`, as in libpq.
+    #[default]
     Prefer,
     /// TLS or no connection; the certificate is not checked (encryption without
     /// authentication: it defeats eavesdroppers, not an active man in the middle) — unless a

@@ -5,13 +5,13 @@ mod common;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
 use common::bank::{Account, Deposit};
 use common::cluster::{self, Cluster};
-use common::state;
+use common::{Captured, state};
 use durablestore_postgres::{
     CommandError, Config, CreateSchema, DurableEntity, DurableStoreActor, Error, GetLatestState,
     Ping, WriteOutcome, WriteState,
@@ -235,18 +235,38 @@ async fn a_frozen_server_yields_timeouts_and_the_pool_recovers() {
     assert_eq!(read.map(|s| s.version_number), Some(2));
 }
 
-/// A `tracing` writer that keeps everything in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+#[actix::test]
+async fn a_frozen_server_is_detected_with_the_default_settings() {
+    require_cluster!();
+    let cluster = Cluster::start_new("", None);
+    // No timeout configured: the defaults alone must turn a frozen server into an error.
+    let config = cluster
+        .url()
+        .parse::<Config>()
+        .unwrap()
+        .schema("frozen")
+        .unwrap();
+    let store = DurableStoreActor::new(config).unwrap().start();
+    store.send(CreateSchema).await.unwrap().unwrap();
+    store
+        .send(WriteState(state("a", 1, 1)))
+        .await
+        .unwrap()
+        .unwrap();
+    cluster.signal_all("STOP");
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        durablestore_postgres::DEFAULT_STATEMENT_TIMEOUT * 2,
+        store.send(WriteState(state("a", 2, 2))),
+    )
+    .await;
+    cluster.signal_all("CONT");
+    let result = result.expect("the write hung").unwrap();
+    assert!(
+        matches!(&result, Err(e @ Error::Timeout { .. }) if e.outcome_unknown()),
+        "{result:?} after {:?}",
+        started.elapsed()
+    );
 }
 
 #[actix::test]

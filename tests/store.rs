@@ -39,7 +39,7 @@ async fn write_then_read_is_byte_exact() {
     assert_eq!(read.encode_to_vec(), written.encode_to_vec());
     assert_eq!(read.decode_state::<AccountState>().unwrap(), padded);
 
-    // The row holds the state's own bytes under its fully qualified name.
+    // The row is in eGo's Go store format: the encoded `Any` under `google.protobuf.Any`.
     let row = db
         .client()
         .await
@@ -53,8 +53,13 @@ async fn write_then_read_is_byte_exact() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "acme.billing.AccountState");
-    assert_eq!(row.get::<_, Vec<u8>>(1), padded.encode_to_vec());
+    assert_eq!(row.get::<_, String>(0), "google.protobuf.Any");
+    let any = prost_types::Any::decode(row.get::<_, Vec<u8>>(1).as_slice()).unwrap();
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/acme.billing.AccountState"
+    );
+    assert_eq!(any.value, padded.encode_to_vec());
     assert_eq!(row.get::<_, i64>(2), written.timestamp);
     assert_eq!(row.get::<_, i64>(3), written.shard as i64);
     db.cleanup().await.unwrap();

@@ -37,6 +37,27 @@ pub fn state(id: &str, version: u64, balance: i64) -> DurableState {
         .with_shard(version % 7)
 }
 
+/// A `tracing` writer that keeps everything in memory.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 /// A fresh schema and a store actor on it.
 pub async fn store() -> (TestDatabase, Addr<DurableStoreActor>) {
     let db = TestDatabase::new().await.expect("test database");
