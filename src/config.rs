@@ -160,6 +160,7 @@ pub struct Config {
     pub(crate) row_format: RowFormat,
     pub(crate) ssl_mode: SslMode,
     pub(crate) ssl_root_certs: Vec<CertificateDer<'static>>,
+    pub(crate) ssl_client_identity: Option<tls::ClientIdentity>,
 }
 
 impl Config {
@@ -224,6 +225,7 @@ impl Config {
             row_format: RowFormat::default(),
             ssl_mode,
             ssl_root_certs: Vec::new(),
+            ssl_client_identity: None,
         }
     }
 
@@ -415,6 +417,40 @@ impl Config {
         self
     }
 
+    /// Trusts the platform's root certificates (the CA bundle of the operating system, as
+    /// OpenSSL and curl use it) and sets [`SslMode::VerifyFull`]: what libpq's
+    /// `sslrootcert=system` does, and what managed PostgreSQL services whose certificates come
+    /// from a public CA need. A connection string's `sslrootcert=system` calls this. The roots
+    /// are read now; `SSL_CERT_FILE` and `SSL_CERT_DIR` override where they are read from.
+    ///
+    /// Defaults to no roots (see [`Config::ssl_root_cert_pem`]). Replaces roots set before.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the platform has no usable root certificate, or when the
+    /// crate was built without its `system-roots` feature (on by default).
+    pub fn ssl_system_roots(mut self) -> Result<Self, Error> {
+        self.ssl_root_certs = tls::system_roots()?;
+        self.ssl_mode = SslMode::VerifyFull;
+        Ok(self)
+    }
+
+    /// A client certificate, presented to a server that asks for one (`hostssl … cert` in
+    /// `pg_hba.conf`, or `clientcert=verify-full`): libpq's `sslcert` and `sslkey`, which a
+    /// connection string may give as file paths. `cert_pem` holds the client's certificate
+    /// first, then any intermediates; `key_pem` its private key (PKCS#8, PKCS#1 or SEC1 PEM,
+    /// unencrypted). For `cert` authentication the server also requires the certificate's
+    /// common name to equal the user name. Used in every mode but [`SslMode::Disable`].
+    ///
+    /// Defaults to none: no certificate is presented.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when either PEM holds nothing usable or the key does not
+    /// belong to the certificate. The message never quotes the key.
+    pub fn ssl_client_cert_pem(mut self, cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+        self.ssl_client_identity = Some(tls::parse_client_identity(cert_pem, key_pem)?);
+        Ok(self)
+    }
+
     /// The TLS mode.
     pub fn get_ssl_mode(&self) -> SslMode {
         self.ssl_mode
@@ -515,7 +551,13 @@ impl FromStr for Config {
     /// does, plus libpq's `sslmode=verify-ca|verify-full` and `sslrootcert=<path>` (the file
     /// is read here), which tokio-postgres does not know. Store and pool settings take their
     /// defaults.
+    ///
+    /// Also libpq's `sslrootcert=system` (see [`Config::ssl_system_roots`]; verify-full, and
+    /// a weaker explicit `sslmode` is an error) and `sslcert=<path>` with `sslkey=<path>`
+    /// (see [`Config::ssl_client_cert_pem`]; both or neither).
     fn from_str(s: &str) -> Result<Self, Error> {
+        let (s, client_cert, client_key) = client_cert_options(s)?;
+        let s = s.as_str();
         let (rest, ssl_mode, root_cert) = tls_options(s)?;
         // tokio-postgres's parse error says only "invalid connection string"; its source says
         // what is wrong, and neither echoes the input, which could hold a password.
@@ -529,11 +571,50 @@ impl FromStr for Config {
         if let Some(mode) = ssl_mode {
             config.ssl_mode = mode;
         }
+        // libpq: `system` selects the platform's roots and implies verify-full; an explicitly
+        // weaker mode would silently trust less than asked, so it is refused.
+        let root_cert = match root_cert {
+            Some(value) if value == tls::SYSTEM_ROOTS => {
+                if let Some(mode) = ssl_mode.filter(|m| *m != SslMode::VerifyFull) {
+                    return Err(Error::InvalidConfig(format!(
+                        "sslmode {} may not be used with sslrootcert=system (use verify-full)",
+                        mode.name()
+                    )));
+                }
+                config = config.ssl_system_roots()?;
+                None
+            }
+            other => other,
+        };
         if let Some(path) = root_cert {
             let pem = std::fs::read(&path).map_err(|e| {
                 Error::InvalidConfig(format!("sslrootcert {}: {e}", truncate(&path, 200)))
             })?;
             config = config.ssl_root_cert_pem(&pem)?;
+        }
+        match (client_cert, client_key) {
+            (Some(cert), Some(key)) => {
+                let read = |what: &str, path: &str| {
+                    std::fs::read(path).map_err(|e| {
+                        Error::InvalidConfig(format!("{what} {}: {e}", truncate(path, 200)))
+                    })
+                };
+                config =
+                    config.ssl_client_cert_pem(&read("sslcert", &cert)?, &read("sslkey", &key)?)?;
+            }
+            (None, None) => {}
+            // libpq would look for the other in ~/.postgresql; a half-given pair is more
+            // likely a mistake than a wish to use those files.
+            (Some(_), None) => {
+                return Err(Error::InvalidConfig(
+                    "sslcert given without sslkey".to_owned(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::InvalidConfig(
+                    "sslkey given without sslcert".to_owned(),
+                ));
+            }
         }
         Ok(config)
     }
@@ -547,66 +628,93 @@ impl FromStr for Config {
 fn tls_options(s: &str) -> Result<(String, Option<SslMode>, Option<String>), Error> {
     let mut mode = None;
     let mut root = None;
-    let mut take = |key: &str, value: &str| -> Result<bool, Error> {
-        match key {
-            "sslmode" => {
-                mode = Some(SslMode::parse(value).ok_or_else(|| {
-                    Error::InvalidConfig(format!("unknown sslmode `{}`", truncate(value, 40)))
-                })?);
-                Ok(true)
-            }
-            "sslrootcert" => {
-                root = Some(value.to_owned());
-                Ok(true)
-            }
-            _ => Ok(false),
+    let rest = take_options(s, |key, value| match key {
+        "sslmode" => {
+            mode = Some(SslMode::parse(value).ok_or_else(|| {
+                Error::InvalidConfig(format!("unknown sslmode `{}`", truncate(value, 40)))
+            })?);
+            Ok(true)
         }
-    };
-    let rest = match ["postgres://", "postgresql://"]
-        .iter()
-        .find_map(|prefix| s.strip_prefix(prefix).map(|after| (prefix.len(), after)))
-    {
-        Some((prefix_len, after)) => {
-            // Credentials end at the first `@`; the query starts at the first `?` after them.
-            let credentials = after.find('@').map_or(0, |at| at + 1);
-            let Some(question) = after[credentials..].find('?') else {
-                return Ok((s.to_owned(), None, None));
-            };
-            let query_start = prefix_len + credentials + question;
-            let (base, query) = (&s[..query_start], &s[query_start + 1..]);
-            let decode = |part: &str| {
-                percent_encoding::percent_decode_str(part)
-                    .decode_utf8()
-                    .map(|c| c.into_owned())
-                    .map_err(|_| Error::InvalidConfig("connection string: invalid UTF-8".into()))
-            };
-            let mut kept = Vec::new();
-            for pair in query.split('&') {
-                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                if !take(&decode(key)?, &decode(value)?)? {
-                    kept.push(pair);
-                }
-            }
-            if kept.is_empty() {
-                base.to_owned()
-            } else {
-                format!("{base}?{}", kept.join("&"))
-            }
+        "sslrootcert" => {
+            root = Some(value.to_owned());
+            Ok(true)
         }
-        None => {
-            let mut kept = Vec::new();
-            for (key, value) in key_value_pairs(s)? {
-                if !take(&key, &value)? {
-                    kept.push(format!(
-                        "{key}='{}'",
-                        value.replace('\\', "\\\\").replace('\'', "\\'")
-                    ));
-                }
-            }
-            kept.join(" ")
-        }
-    };
+        _ => Ok(false),
+    })?;
     Ok((rest, mode, root))
+}
+
+/// Takes libpq's `sslcert` and `sslkey` (file paths) out of a connection string, as
+/// [`tls_options`] does for its two.
+fn client_cert_options(s: &str) -> Result<(String, Option<String>, Option<String>), Error> {
+    let mut cert = None;
+    let mut key = None;
+    let rest = take_options(s, |name, value| {
+        let slot = match name {
+            "sslcert" => &mut cert,
+            "sslkey" => &mut key,
+            _ => return Ok(false),
+        };
+        *slot = Some(value.to_owned());
+        Ok(true)
+    })?;
+    Ok((rest, cert, key))
+}
+
+/// The connection string without the parameters `take` accepts (returns `true` for), each
+/// key and value handed to `take` decoded. The rest is re-assembled for tokio-postgres.
+fn take_options(
+    s: &str,
+    mut take: impl FnMut(&str, &str) -> Result<bool, Error>,
+) -> Result<String, Error> {
+    Ok(
+        match ["postgres://", "postgresql://"]
+            .iter()
+            .find_map(|prefix| s.strip_prefix(prefix).map(|after| (prefix.len(), after)))
+        {
+            Some((prefix_len, after)) => {
+                // Credentials end at the first `@`; the query starts at the first `?` after them.
+                let credentials = after.find('@').map_or(0, |at| at + 1);
+                let Some(question) = after[credentials..].find('?') else {
+                    return Ok(s.to_owned());
+                };
+                let query_start = prefix_len + credentials + question;
+                let (base, query) = (&s[..query_start], &s[query_start + 1..]);
+                let decode = |part: &str| {
+                    percent_encoding::percent_decode_str(part)
+                        .decode_utf8()
+                        .map(|c| c.into_owned())
+                        .map_err(|_| {
+                            Error::InvalidConfig("connection string: invalid UTF-8".into())
+                        })
+                };
+                let mut kept = Vec::new();
+                for pair in query.split('&') {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    if !take(&decode(key)?, &decode(value)?)? {
+                        kept.push(pair);
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => {
+                let mut kept = Vec::new();
+                for (key, value) in key_value_pairs(s)? {
+                    if !take(&key, &value)? {
+                        kept.push(format!(
+                            "{key}='{}'",
+                            value.replace('\\', "\\\\").replace('\'', "\\'")
+                        ));
+                    }
+                }
+                kept.join(" ")
+            }
+        },
+    )
 }
 
 /// The pairs of a libpq `key=value` string, by the rules tokio-postgres parses them with:
@@ -678,6 +786,7 @@ impl fmt::Debug for Config {
             .field("password", &self.pg.get_password().map(|_| "<redacted>"))
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_certs", &self.ssl_root_certs.len())
+            .field("ssl_client_cert", &self.ssl_client_identity.is_some())
             .field("application_name", &self.pg.get_application_name())
             .field("schema", &self.schema)
             .field("table", &self.table)
@@ -847,5 +956,103 @@ mod tests {
         );
         let no_host: Config = "user=u dbname=d".parse().unwrap();
         assert!(matches!(no_host.validate(), Err(Error::InvalidConfig(_))));
+    }
+
+    #[test]
+    #[cfg(feature = "system-roots")]
+    fn sslrootcert_system_means_verify_full_with_the_platform_roots() {
+        for s in [
+            "postgres://u@h/d?sslrootcert=system",
+            "postgres://u@h/d?sslmode=verify-full&sslrootcert=system",
+            "host=h user=u sslrootcert=system",
+        ] {
+            let c: Config = s.parse().unwrap();
+            assert_eq!(c.get_ssl_mode(), SslMode::VerifyFull, "{s}");
+            assert!(!c.ssl_root_certs.is_empty(), "{s}: the platform has roots");
+            assert!(c.validate().is_ok());
+        }
+        let built = Config::new("h", 5432, "u", "", "d")
+            .ssl_system_roots()
+            .unwrap();
+        assert_eq!(built.get_ssl_mode(), SslMode::VerifyFull);
+        assert!(!built.ssl_root_certs.is_empty());
+    }
+
+    #[test]
+    fn sslrootcert_system_refuses_weaker_modes() {
+        for mode in ["disable", "prefer", "require", "verify-ca"] {
+            let err = format!("postgres://u@h/d?sslmode={mode}&sslrootcert=system")
+                .parse::<Config>()
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+            assert!(err.to_string().contains("verify-full"), "{err}");
+        }
+    }
+
+    #[test]
+    fn client_certificate_options_are_taken_out_and_must_come_in_pairs() {
+        let url = "postgres://u@h/d?sslcert=/x/c.crt&application_name=a&sslkey=/x/c.key";
+        let (rest, cert, key) = client_cert_options(url).unwrap();
+        assert_eq!(rest, "postgres://u@h/d?application_name=a");
+        assert_eq!(cert.as_deref(), Some("/x/c.crt"));
+        assert_eq!(key.as_deref(), Some("/x/c.key"));
+        let (rest, cert, key) = client_cert_options("host=h sslkey='/a b/k' user=u").unwrap();
+        assert_eq!(rest, "host='h' user='u'");
+        assert_eq!(cert, None);
+        assert_eq!(key.as_deref(), Some("/a b/k"));
+
+        for half in [
+            "postgres://u@h/d?sslcert=/x/c.crt",
+            "postgres://u@h/d?sslkey=/x/c.key",
+        ] {
+            assert!(matches!(
+                half.parse::<Config>(),
+                Err(Error::InvalidConfig(_))
+            ));
+        }
+        let missing = "host=h user=u sslcert=/nonexistent/c.crt sslkey=/nonexistent/c.key";
+        let err = missing.parse::<Config>().unwrap_err();
+        assert!(err.to_string().contains("sslcert"), "{err}");
+    }
+
+    #[test]
+    fn client_certificate_pem_is_checked_and_never_printed() {
+        let c = Config::new("h", 5432, "u", "", "d");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["u".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let with = c
+            .clone()
+            .ssl_client_cert_pem(cert.as_bytes(), key.serialize_pem().as_bytes())
+            .unwrap();
+        let dbg = format!("{with:?}");
+        assert!(dbg.contains("ssl_client_cert: true"), "{dbg}");
+        assert!(!dbg.contains("PRIVATE"), "{dbg}");
+
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let err = c
+            .clone()
+            .ssl_client_cert_pem(cert.as_bytes(), other_key.as_bytes())
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+        let not_a_key = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n";
+        for key in [other_key.as_str(), not_a_key, ""] {
+            if let Err(err) = c
+                .clone()
+                .ssl_client_cert_pem(cert.as_bytes(), key.as_bytes())
+            {
+                let text = format!("{err} {err:?}");
+                assert!(
+                    !text.contains("c2VjcmV0") && !text.contains("PRIVATE"),
+                    "{text}"
+                );
+            }
+        }
+        assert!(c.clone().ssl_client_cert_pem(b"", b"").is_err());
+        assert!(c.clone().ssl_client_cert_pem(cert.as_bytes(), b"").is_err());
+        assert!(format!("{c:?}").contains("ssl_client_cert: false"));
     }
 }

@@ -410,8 +410,7 @@ impl Connections {
             pg.options(options.trim_start());
         }
         pg.ssl_mode(config.ssl_mode.negotiation());
-        let source: Arc<dyn Source> = match tls::connector(config.ssl_mode, &config.ssl_root_certs)?
-        {
+        let source: Arc<dyn Source> = match tls::connector(config)? {
             None => Arc::new(owned_pool(config, &errors, pg, tokio_postgres::NoTls)),
             Some(tls) => Arc::new(owned_pool(config, &errors, pg, tls)),
         };

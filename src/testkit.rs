@@ -11,7 +11,10 @@
 //! 2. a PostgreSQL container started with testcontainers, when a Docker engine is reachable
 //!    (`DOCKER_HOST` or `/var/run/docker.sock`); one per test process;
 //! 3. the conventional local server `postgres://postgres@127.0.0.1:5432/postgres`, if it
-//!    answers.
+//!    answers;
+//! 4. a [`TempCluster`]: when PostgreSQL's server binaries are installed (`initdb` on `PATH`
+//!    or under `/usr/lib/postgresql/<version>/bin`), a throwaway cluster in a temporary
+//!    directory, one per test process, stopped and removed when the process ends.
 //!
 //! Otherwise [`TestDatabase::new`] fails with a message that says how to provide one.
 //!
@@ -42,12 +45,26 @@ use crate::config::{Config, DEFAULT_TABLE, Identifier};
 use crate::error::Error;
 use crate::sql::Sql;
 
+mod temp_cluster;
+
+pub use temp_cluster::TempCluster;
+
 /// The local server tried when neither `DATABASE_URL` nor Docker is available.
 pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// The server every test of this process uses, found once; a started container is kept alive
-/// here for the life of the process.
-static SERVER: OnceCell<(String, Option<ContainerAsync<Postgres>>)> = OnceCell::const_new();
+/// The server every test of this process uses, found once; a started container or cluster is
+/// kept alive here for the life of the process.
+static SERVER: OnceCell<(String, Started)> = OnceCell::const_new();
+
+/// What the harness started for the process, if anything, held to keep it alive. Never
+/// dropped (it lives in a `static`); [`TempCluster`]'s watchdog removes a cluster when the
+/// process ends.
+#[expect(dead_code, reason = "the values are held, never read")]
+enum Started {
+    Nothing,
+    Container(Box<ContainerAsync<Postgres>>),
+    Cluster(TempCluster),
+}
 
 static NEXT_SCHEMA: AtomicU64 = AtomicU64::new(0);
 
@@ -60,9 +77,9 @@ pub async fn database_url() -> Result<String, Error> {
     Ok(url.clone())
 }
 
-async fn find_server() -> Result<(String, Option<ContainerAsync<Postgres>>), Error> {
+async fn find_server() -> Result<(String, Started), Error> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
-        return Ok((url, None));
+        return Ok((url, Started::Nothing));
     }
     if docker_available() {
         match start_container().await {
@@ -71,11 +88,18 @@ async fn find_server() -> Result<(String, Option<ContainerAsync<Postgres>>), Err
         }
     }
     if connect(LOCAL_DATABASE_URL).await.is_ok() {
-        return Ok((LOCAL_DATABASE_URL.to_owned(), None));
+        return Ok((LOCAL_DATABASE_URL.to_owned(), Started::Nothing));
+    }
+    if TempCluster::binaries_installed() {
+        let cluster = tokio::task::spawn_blocking(TempCluster::start)
+            .await
+            .map_err(|e| Error::InvalidConfig(format!("throwaway PostgreSQL cluster: {e}")))??;
+        return Ok((cluster.url(), Started::Cluster(cluster)));
     }
     Err(Error::InvalidConfig(format!(
         "no PostgreSQL for tests: set DATABASE_URL (e.g. {LOCAL_DATABASE_URL}), \
-         run a Docker engine for testcontainers, or start a local server on 127.0.0.1:5432"
+         run a Docker engine for testcontainers, start a local server on 127.0.0.1:5432, \
+         or install PostgreSQL's server binaries (initdb) for a throwaway cluster"
     )))
 }
 
@@ -84,7 +108,7 @@ fn docker_available() -> bool {
         || std::path::Path::new("/var/run/docker.sock").exists()
 }
 
-async fn start_container() -> Result<(String, Option<ContainerAsync<Postgres>>), String> {
+async fn start_container() -> Result<(String, Started), String> {
     let container = Postgres::default()
         .start()
         .await
@@ -95,7 +119,7 @@ async fn start_container() -> Result<(String, Option<ContainerAsync<Postgres>>),
         .await
         .map_err(|e| e.to_string())?;
     let url = format!("postgres://postgres:postgres@{host}:{port}/postgres");
-    Ok((url, Some(container)))
+    Ok((url, Started::Container(Box::new(container))))
 }
 
 /// Opens one plain connection (no pool) for setup and assertions.

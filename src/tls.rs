@@ -6,12 +6,14 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::config::Config;
 use crate::error::Error;
 
 /// How the connection to the server is protected, as libpq's `sslmode`.
@@ -47,6 +49,17 @@ impl SslMode {
         })
     }
 
+    /// libpq's name of the mode.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
     /// What tokio-postgres negotiates; verification is the connector's job.
     pub(crate) fn negotiation(self) -> tokio_postgres::config::SslMode {
         match self {
@@ -72,11 +85,98 @@ pub(crate) fn parse_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Er
     Ok(certs)
 }
 
-/// The rustls connector for `mode`, or `None` for [`SslMode::Disable`].
-pub(crate) fn connector(
-    mode: SslMode,
-    roots: &[CertificateDer<'static>],
-) -> Result<Option<MakeRustlsConnect>, Error> {
+/// The value of libpq's `sslrootcert` that selects the system's roots instead of a file.
+pub(crate) const SYSTEM_ROOTS: &str = "system";
+
+/// The trusted roots of the platform (what libpq's `sslrootcert=system` means: the store that
+/// OpenSSL, curl and browsers on this machine use), read now. Certificates of the store that
+/// rustls cannot use are skipped, as libpq skips them; an empty result is an error, since
+/// every server would then be rejected.
+#[cfg(feature = "system-roots")]
+pub(crate) fn system_roots() -> Result<Vec<CertificateDer<'static>>, Error> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut usable = Vec::with_capacity(found.certs.len());
+    let mut check = RootCertStore::empty();
+    for cert in found.certs {
+        if check.add(cert.clone()).is_ok() {
+            usable.push(cert);
+        }
+    }
+    if usable.is_empty() {
+        let reasons: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+        return Err(Error::InvalidConfig(format!(
+            "sslrootcert=system: no usable root certificate found on this system{}; \
+             install the CA bundle (Debian: ca-certificates), point SSL_CERT_FILE at one, \
+             or give sslrootcert=<path>",
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join("; "))
+            }
+        )));
+    }
+    Ok(usable)
+}
+
+/// Without the `system-roots` feature there is no way to read the platform's store.
+#[cfg(not(feature = "system-roots"))]
+pub(crate) fn system_roots() -> Result<Vec<CertificateDer<'static>>, Error> {
+    Err(Error::InvalidConfig(
+        "sslrootcert=system needs durablestore-postgres's `system-roots` feature (on by \
+         default); give sslrootcert=<path> instead"
+            .to_owned(),
+    ))
+}
+
+/// A client certificate chain with its private key, checked to belong together. Cloning
+/// shares the key; `Debug` shows the certificate count, never the key.
+#[derive(Clone)]
+pub(crate) struct ClientIdentity(Arc<CertifiedKey>);
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("certificates", &self.0.cert.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Parses a PEM certificate chain (the client's certificate first, then any intermediates)
+/// and its PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted), as libpq's `sslcert` and
+/// `sslkey` files.
+pub(crate) fn parse_client_identity(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<ClientIdentity, Error> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::InvalidConfig(format!("client certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(Error::InvalidConfig(
+            "client certificate: no PEM certificate found".to_owned(),
+        ));
+    }
+    // The parse error of a key file could quote it: say only what kind of problem it is.
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        Error::InvalidConfig(match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "client key: no PEM private key found (encrypted keys are not supported)".to_owned()
+            }
+            _ => "client key: malformed PEM private key".to_owned(),
+        })
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| Error::InvalidConfig(format!("client certificate and key: {e}")))?;
+    Ok(ClientIdentity(Arc::new(certified)))
+}
+
+/// The rustls connector for `config`'s TLS settings, or `None` for [`SslMode::Disable`]. Its
+/// client certificate, if any, is presented to servers that ask for one.
+pub(crate) fn connector(config: &Config) -> Result<Option<MakeRustlsConnect>, Error> {
+    let (mode, roots) = (config.ssl_mode, config.ssl_root_certs.as_slice());
+    let client = config.ssl_client_identity.as_ref();
     // Explicit provider: never depend on (or panic for lack of) a process-wide default.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -117,10 +217,15 @@ pub(crate) fn connector(
             }
         }
     };
-    let config = builder
+    let builder = builder
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let config = match client {
+        Some(identity) => {
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.0.clone())))
+        }
+        None => builder.with_no_client_auth(),
+    };
     Ok(Some(MakeRustlsConnect::new(config)))
 }
 

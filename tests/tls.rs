@@ -16,6 +16,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair,
 
 struct Pki {
     dir: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
     ca_pem: String,
     other_ca_pem: String,
 }
@@ -63,7 +64,22 @@ fn pki() -> Pki {
     Pki {
         dir,
         ca_pem: root.pem(),
+        ca: root,
         other_ca_pem: other.pem(),
+    }
+}
+
+impl Pki {
+    /// A client certificate with common name `cn`, signed by the test CA: (certificate PEM,
+    /// key PEM).
+    fn client_cert(&self, cn: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 }
 
@@ -249,4 +265,123 @@ async fn connection_strings_carry_libpq_ssl_options() {
         bogus.parse::<Config>(),
         Err(Error::InvalidConfig(_))
     ));
+}
+
+/// A TLS cluster that admits TCP clients only with a certificate from the test CA whose common
+/// name is the user name (`cert` authentication); the test's psql uses the Unix socket.
+fn client_cert_cluster(pki: &Pki) -> Cluster {
+    Cluster::start_new(
+        &format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nssl_ca_file = '{}'\n",
+            pki.dir.join("server.crt").display(),
+            pki.dir.join("server.key").display(),
+            pki.dir.join("ca.crt").display()
+        ),
+        Some(
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 cert\n\
+             hostssl all all ::1/128 cert\n",
+        ),
+    )
+}
+
+/// The client certificate's subject the server saw for `app`'s sessions.
+fn client_dn(cluster: &Cluster, app: &str) -> String {
+    cluster.psql(&format!(
+        "SELECT max(s.client_dn) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = '{app}'"
+    ))
+}
+
+#[actix::test]
+async fn client_certificates_authenticate_to_a_server_that_requires_them() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let pki = pki();
+    let cluster = client_cert_cluster(&pki);
+    let verified = |app: &str| {
+        config("localhost", cluster.port, app)
+            .ssl_mode(SslMode::VerifyFull)
+            .ssl_root_cert_pem(pki.ca_pem.as_bytes())
+            .unwrap()
+    };
+
+    // Set with the builder: the store connects, writes and reads as `postgres`.
+    let (cert, key) = pki.client_cert("postgres");
+    let with_cert = verified("tls-client-cert")
+        .ssl_client_cert_pem(cert.as_bytes(), key.as_bytes())
+        .unwrap();
+    let store = DurableStoreActor::new(with_cert).unwrap().start();
+    store.send(CreateSchema).await.unwrap().unwrap();
+    store
+        .send(WriteState(state("c", 1, 7)))
+        .await
+        .unwrap()
+        .unwrap();
+    let read = store
+        .send(GetLatestState("c".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, Some(state("c", 1, 7)));
+    assert_eq!(client_dn(&cluster, "tls-client-cert"), "/CN=postgres");
+
+    // Given as files in a connection string, as libpq's sslcert and sslkey.
+    let (cert_path, key_path) = (pki.dir.join("client.crt"), pki.dir.join("client.key"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?application_name=tls-client-url\
+         &sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        cluster.port,
+        pki.dir.join("ca.crt").display(),
+        cert_path.display(),
+        key_path.display()
+    );
+    let from_url: Config = url.parse().unwrap();
+    ping(from_url).await.unwrap();
+    assert_eq!(client_dn(&cluster, "tls-client-url"), "/CN=postgres");
+
+    // Without a certificate the server refuses, and says why.
+    let err = ping(verified("tls-no-client-cert")).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("client certificate"), "{err}");
+
+    // A valid certificate for another user is refused too: the common name must be the user.
+    let (cert, key) = pki.client_cert("alice");
+    let wrong_user = verified("tls-wrong-cn")
+        .ssl_client_cert_pem(cert.as_bytes(), key.as_bytes())
+        .unwrap();
+    let err = ping(wrong_user).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("certificate authentication failed"),
+        "{err}"
+    );
+}
+
+#[cfg(feature = "system-roots")]
+#[actix::test]
+async fn system_roots_reject_a_server_with_a_private_ca() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let pki = pki();
+    let cluster = tls_cluster(&pki);
+    // What a managed service with a public CA is configured with; this server's CA is private.
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?application_name=tls-system&sslrootcert=system",
+        cluster.port
+    );
+    let config: Config = url.parse().unwrap();
+    assert_eq!(config.get_ssl_mode(), SslMode::VerifyFull);
+    let err = ping(config.checkout_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
 }

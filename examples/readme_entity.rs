@@ -1,0 +1,108 @@
+//! The README's durable-entity example, verbatim below this header (`tests/readme.rs` checks
+//! that and runs it on an empty schema).
+//!
+//! ```text
+//! cargo run --example readme_entity
+//! ```
+use std::convert::Infallible;
+
+use actix::{Actor, Message};
+use durablestore_postgres::{
+    CommandError, Config, CreateSchema, DurableEntity, DurableStateBehavior, DurableStoreActor,
+    Effect, HandleCommand,
+};
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AccountState {
+    #[prost(int64, tag = "1")]
+    pub balance_cents: i64,
+}
+impl prost::Name for AccountState {
+    const NAME: &'static str = "AccountState";
+    const PACKAGE: &'static str = "bank.v1";
+}
+
+/// The entity; add any non-durable fields you need.
+pub struct Account {
+    pub id: String,
+}
+impl DurableStateBehavior for Account {
+    type State = AccountState;
+    fn persistence_id(&self) -> &str {
+        &self.id
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<i64, CommandError<Infallible>>")]
+pub struct Deposit(pub i64);
+
+impl HandleCommand<Deposit> for Account {
+    type Reply = i64;
+    type Error = Infallible; // a deposit is never refused
+    fn handle_command(
+        &mut self,
+        Deposit(cents): Deposit,
+        state: &AccountState,
+        _version: u64,
+    ) -> Result<Effect<AccountState, i64>, Infallible> {
+        let balance_cents = state.balance_cents + cents;
+        Ok(Effect::persist(
+            AccountState { balance_cents },
+            balance_cents,
+        ))
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub struct InsufficientFunds;
+
+#[derive(Message)]
+#[rtype(result = "Result<i64, CommandError<InsufficientFunds>>")]
+pub struct Withdraw(pub i64);
+
+impl HandleCommand<Withdraw> for Account {
+    type Reply = i64;
+    type Error = InsufficientFunds;
+    fn handle_command(
+        &mut self,
+        Withdraw(cents): Withdraw,
+        state: &AccountState,
+        _version: u64,
+    ) -> Result<Effect<AccountState, i64>, InsufficientFunds> {
+        if cents > state.balance_cents {
+            return Err(InsufficientFunds); // nothing is written
+        }
+        let balance_cents = state.balance_cents - cents;
+        Ok(Effect::persist(
+            AccountState { balance_cents },
+            balance_cents,
+        ))
+    }
+}
+
+#[actix::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    run(Config::from_env()?).await // DATABASE_URL
+}
+
+pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let store = DurableStoreActor::new(config)?.start();
+    store.send(CreateSchema).await??; // the schema and table, if missing
+    let account = DurableEntity::new(
+        Account {
+            id: "account-42".into(),
+        },
+        store,
+    )
+    .start();
+
+    let balance = account.send(Deposit(1_000)).await??;
+    println!("deposited; balance {balance}");
+    match account.send(Withdraw(500)).await? {
+        Ok(balance) => println!("withdrawn; balance {balance}"),
+        Err(CommandError::Rejected(InsufficientFunds)) => println!("refused"),
+        Err(other) => return Err(format!("not persisted: {other:?}").into()),
+    }
+    Ok(())
+}
