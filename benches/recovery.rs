@@ -22,7 +22,9 @@ fn recovery(c: &mut Criterion) {
     let db = system.block_on(common::database());
     let ids: Vec<String> = (0..ENTITIES).map(|i| format!("entity-{i:05}")).collect();
     let store = system.block_on(async {
-        let store = DurableStoreActor::new(db.config()).unwrap().start();
+        let store = DurableStoreActor::new(common::store_config(&db))
+            .unwrap()
+            .start();
         join_all(ids.iter().map(|id| store.send(WriteState(durable(id, 1))))).await;
         store
     });

@@ -20,7 +20,11 @@ fn write_latency(c: &mut Criterion) {
 
     {
         let db = system.block_on(common::database());
-        let store = system.block_on(async { DurableStoreActor::new(db.config()).unwrap().start() });
+        let store = system.block_on(async {
+            DurableStoreActor::new(common::store_config(&db))
+                .unwrap()
+                .start()
+        });
         let mut version = 0;
         group.bench_function("durablestore", |b| {
             b.iter_custom(|iters| {

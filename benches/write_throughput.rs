@@ -70,7 +70,11 @@ fn write_throughput(c: &mut Criterion) {
     // ---- this crate ----
     {
         let db = system.block_on(common::database());
-        let store = system.block_on(async { DurableStoreActor::new(db.config()).unwrap().start() });
+        let store = system.block_on(async {
+            DurableStoreActor::new(common::store_config(&db))
+                .unwrap()
+                .start()
+        });
         let ids = ids();
         let mut version = 0_u64;
         group.bench_function("durablestore", |b| {
@@ -105,7 +109,9 @@ fn write_throughput(c: &mut Criterion) {
     {
         let db = system.block_on(common::database());
         let entities: Vec<Addr<DurableEntity<Writer>>> = system.block_on(async {
-            let store = DurableStoreActor::new(db.config()).unwrap().start();
+            let store = DurableStoreActor::new(common::store_config(&db))
+                .unwrap()
+                .start();
             ids()
                 .into_iter()
                 .map(|id| DurableEntity::new(Writer { id }, store.clone()).start())

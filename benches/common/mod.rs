@@ -118,3 +118,10 @@ pub fn unnest_upsert(schema: &str) -> String {
          timestamp = EXCLUDED.timestamp, shard_number = EXCLUDED.shard_number"
     )
 }
+
+/// The store's config for a benchmark: plain TCP, as the hand-written baselines connect (a
+/// connection string without `sslmode` would otherwise use TLS wherever the server offers it).
+pub fn store_config(db: &TestDatabase) -> durablestore_postgres::Config {
+    db.config()
+        .ssl_mode(durablestore_postgres::SslMode::Disable)
+}
