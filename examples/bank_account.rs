@@ -262,7 +262,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
     let config = url
         .parse::<Config>()?
-        .schema(SCHEMA)?
+        .schema(SCHEMA)
         .checkout_timeout(Duration::from_secs(3));
 
     let store = DurableStoreActor::new(config.clone())?.start();

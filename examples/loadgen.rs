@@ -41,10 +41,10 @@ struct Args {
     #[arg(long)]
     concurrency: Option<usize>,
     /// Pool size of the store.
-    #[arg(long, default_value_t = durablestore_postgres::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = durablestore_postgres::Config::DEFAULT_MAX_CONNECTIONS)]
     connections: u32,
     /// Largest batch per statement.
-    #[arg(long, default_value_t = durablestore_postgres::DEFAULT_MAX_BATCH_SIZE)]
+    #[arg(long, default_value_t = durablestore_postgres::Config::DEFAULT_MAX_BATCH_SIZE)]
     max_batch_size: usize,
     /// Schema to use (emptied first, dropped at the end).
     #[arg(long, default_value = "durablestore_loadgen")]
@@ -104,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let config = url
         .parse::<Config>()?
-        .schema(&args.schema)?
+        .schema(&args.schema)
         .max_connections(args.connections)
         .max_batch_size(args.max_batch_size);
     let store = DurableStoreActor::new(config.clone())?.start();

@@ -47,7 +47,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
     let config = url
         .parse::<Config>()?
-        .schema("durablestore_quickstart")?
+        .schema("durablestore_quickstart")
         .checkout_timeout(Duration::from_secs(3));
     println!("connecting with {config:?}");
     let store = DurableStoreActor::new(config)?.start();

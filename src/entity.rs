@@ -16,9 +16,6 @@ use crate::error::Error;
 use crate::messages::{GetLatestState, WriteOutcome, WriteState};
 use crate::state::DurableState;
 
-/// Default number of shards entities are spread over by [`Sharding::Hashed`].
-pub const DEFAULT_SHARD_COUNT: u64 = 128;
-
 /// Where an entity reads and writes its state: any actor answering [`WriteState`] and
 /// [`GetLatestState`] — a [`DurableStoreActor`](crate::DurableStoreActor), a
 /// [`MemoryStore`](crate::MemoryStore), or your own.
@@ -84,11 +81,16 @@ pub enum Sharding {
     Custom(Arc<dyn Fn(&str) -> u64 + Send + Sync>),
 }
 
+impl Sharding {
+    /// Default number of shards entities are spread over by [`Sharding::Hashed`]: 128.
+    pub const DEFAULT_SHARD_COUNT: u64 = 128;
+}
+
 impl Default for Sharding {
-    /// [`Sharding::Hashed`] over [`DEFAULT_SHARD_COUNT`] shards.
+    /// [`Sharding::Hashed`] over [`Sharding::DEFAULT_SHARD_COUNT`] shards.
     fn default() -> Self {
         Sharding::Hashed {
-            shards: DEFAULT_SHARD_COUNT,
+            shards: Self::DEFAULT_SHARD_COUNT,
         }
     }
 }
@@ -220,7 +222,7 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
 
     /// How the shard number of written states is chosen.
     ///
-    /// Defaults to [`Sharding::Hashed`] over [`DEFAULT_SHARD_COUNT`] shards.
+    /// Defaults to [`Sharding::Hashed`] over [`Sharding::DEFAULT_SHARD_COUNT`] shards.
     #[must_use]
     pub fn sharding(mut self, sharding: Sharding) -> Self {
         self.sharding = sharding;

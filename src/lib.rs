@@ -16,7 +16,7 @@
 //! #[actix::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let config: Config = "postgres://postgres@127.0.0.1:5432/postgres".parse()?;
-//!     let store = DurableStoreActor::new(config.schema("quickstart")?)?.start();
+//!     let store = DurableStoreActor::new(config.schema("quickstart"))?.start();
 //!     store.send(CreateSchema).await??;
 //!
 //!     // Any prost message with `prost::Name` can be a state.
@@ -32,35 +32,29 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
-mod batcher;
 mod behavior;
-mod behavior_test;
 mod config;
+mod engine;
 mod entity;
 mod error;
 mod memory;
 mod messages;
 mod pool;
+mod queue;
+mod repository;
 mod sql;
 mod state;
 mod store;
+mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod tls;
 mod version;
 
+pub use crate::behavior::harness::{BehaviorTest, Then};
 pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, HandleCommand};
-pub use crate::behavior_test::{BehaviorTest, Then};
-pub use crate::config::{
-    Config, DEFAULT_APPLICATION_NAME, DEFAULT_CHECKOUT_TIMEOUT, DEFAULT_HEALTH_CHECK_PERIOD,
-    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CONNECTION_IDLE_TIME, DEFAULT_MAX_CONNECTION_LIFETIME,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_MAX_STATE_BYTES,
-    DEFAULT_MIN_IDLE_CONNECTIONS, DEFAULT_NETWORK_TIMEOUT, DEFAULT_SCHEMA,
-    DEFAULT_STATEMENT_TIMEOUT, DEFAULT_TABLE, VersionCheck,
-};
-pub use crate::entity::{
-    DEFAULT_SHARD_COUNT, DurableEntity, Passivate, RecoveryPolicy, Sharding, StateStore,
-};
+pub use crate::config::{Config, VersionCheck};
+pub use crate::entity::{DurableEntity, Passivate, RecoveryPolicy, Sharding, StateStore};
 pub use crate::error::{Error, InvalidInput, PgError};
 pub use crate::memory::MemoryStore;
 pub use crate::messages::{
@@ -68,7 +62,7 @@ pub use crate::messages::{
 };
 pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN, RowFormat};
 pub use crate::store::{DurableStoreActor, Enqueue};
-pub use crate::tls::SslMode;
+pub use crate::tls::{PoolTls, SslMode};
 
 /// The DDL of the table, exactly as shipped in `resources/durablestore_postgres.sql`.
 pub const DDL: &str = crate::sql::DDL;

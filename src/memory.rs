@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use actix::{Actor, Context, Handler};
 
-use crate::config::{DEFAULT_MAX_STATE_BYTES, VersionCheck};
+use crate::config::{Config, VersionCheck};
 use crate::error::Error;
 use crate::messages::{CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState};
 use crate::state::{DurableState, RowFormat, StateRow, validate_persistence_id};
@@ -50,8 +50,8 @@ impl MemoryStore {
         if self.disconnected {
             return Err(Error::NotConnected);
         }
-        let row =
-            StateRow::encode(state, RowFormat::default())?.check_size(DEFAULT_MAX_STATE_BYTES)?;
+        let row = StateRow::encode(state, RowFormat::default())?
+            .check_size(Config::DEFAULT_MAX_STATE_BYTES)?;
         match version::judge(self.rows.get(&row.persistence_id), &row, self.version_check) {
             Verdict::Apply => {
                 self.rows.insert(row.persistence_id.clone(), row);

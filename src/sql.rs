@@ -3,7 +3,63 @@
 //! Nothing else in the crate formats SQL. Identifiers are validated ([`Identifier`]) and
 //! double-quoted; all values travel as bind parameters.
 
-use crate::config::{Config, DEFAULT_TABLE, Identifier};
+use std::fmt;
+
+use crate::config::{Checked, Config};
+use crate::error::{InvalidInput, truncate};
+
+/// PostgreSQL's limit on identifier length (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// A validated SQL identifier (schema or table name), stored unquoted.
+///
+/// Only plain identifiers are accepted: a letter or `_`, then letters, digits, `_` or `$`, at
+/// most 63 bytes. They are always double-quoted in SQL, so case is preserved.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Identifier(String);
+
+impl Identifier {
+    pub(crate) fn parse(kind: &'static str, name: &str) -> Result<Self, InvalidInput> {
+        let reject = |reason| InvalidInput::InvalidIdentifier {
+            kind,
+            name: truncate(name, 100),
+            reason,
+        };
+        let mut chars = name.chars();
+        match chars.next() {
+            None => return Err(reject("it is empty")),
+            Some(c) if !(c.is_alphabetic() || c == '_') => {
+                return Err(reject("it must start with a letter or `_`"));
+            }
+            Some(_) => {}
+        }
+        if name.len() > MAX_IDENTIFIER_LEN {
+            return Err(reject("it is longer than 63 bytes"));
+        }
+        if !chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            return Err(reject(
+                "only letters, digits, `_` and `$` are allowed (no quotes, dots or spaces)",
+            ));
+        }
+        Ok(Identifier(name.to_owned()))
+    }
+
+    /// The identifier as SQL text, double-quoted. Validation rules out `"` so no escaping is
+    /// needed, but it is done anyway so quoting never depends on validation.
+    pub(crate) fn quoted(&self) -> String {
+        format!("\"{}\"", self.0.replace('"', "\"\""))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 /// The DDL shipped in `resources/`, the one source of the table's definition.
 pub(crate) const DDL: &str = include_str!("../resources/durablestore_postgres.sql");
@@ -58,8 +114,8 @@ pub(crate) struct Sql {
 }
 
 impl Sql {
-    pub(crate) fn new(config: &Config) -> Self {
-        Self::for_names(&config.schema, &config.table)
+    pub(crate) fn new(checked: &Checked) -> Self {
+        Self::for_names(&checked.schema, &checked.table)
     }
 
     pub(crate) fn text(&self, which: Stmt) -> &str {
@@ -115,14 +171,14 @@ RETURNING s.persistence_id"#
             .join("\n")
             // The index name contains the table name: park it while the table is replaced.
             .replace(DDL_INDEX, "\u{0}")
-            .replace(DEFAULT_TABLE, &t)
+            .replace(Config::DEFAULT_TABLE, &t)
             .replace('\u{0}', &index);
         // The lock key is derived from the qualified name so different tables don't wait for
         // each other; `hashtext` is stable across sessions.
         let lock_key = format!("{}.{}", schema.as_str(), table.as_str());
         // `public` always exists, and creating it needs a privilege many users lack even with
         // IF NOT EXISTS, so it is not created.
-        let create_schema = if schema.as_str() == crate::config::DEFAULT_SCHEMA {
+        let create_schema = if schema.as_str() == Config::DEFAULT_SCHEMA {
             String::new()
         } else {
             format!("CREATE SCHEMA IF NOT EXISTS {};\n", schema.quoted())
@@ -146,10 +202,8 @@ mod tests {
     fn ddl_is_rewritten_for_the_configured_names() {
         let config = Config::new("h", 1, "u", "", "d")
             .schema("tenant_a")
-            .unwrap()
-            .table("Accounts")
-            .unwrap();
-        let sql = Sql::new(&config);
+            .table("Accounts");
+        let sql = Sql::new(&config.check(crate::config::PoolOwner::Store).unwrap());
         assert!(
             sql.create
                 .contains(r#"CREATE TABLE IF NOT EXISTS "tenant_a"."Accounts""#)
@@ -166,5 +220,29 @@ mod tests {
             sql.write_checked
                 .contains(r#"INSERT INTO "tenant_a"."Accounts""#)
         );
+    }
+
+    #[test]
+    fn identifiers_are_quoted_and_reject_anything_but_plain_names() {
+        assert_eq!(
+            Identifier::parse("t", "MyTable").unwrap().quoted(),
+            "\"MyTable\""
+        );
+        for bad in [
+            "",
+            "x\"; DROP TABLE y; --",
+            "a.b",
+            "1abc",
+            "a\0b",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(
+                    Identifier::parse("table", bad),
+                    Err(InvalidInput::InvalidIdentifier { kind: "table", .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

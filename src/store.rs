@@ -6,16 +6,16 @@ use std::sync::Arc;
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture, fut};
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::Socket;
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tracing::Instrument;
 
-use crate::batcher::Store;
-use crate::config::Config;
+use crate::config::{Checked, Config, PoolOwner};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::messages::{CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState};
 use crate::pool::Connections;
+use crate::queue::{Admission, Reply, answer};
 use crate::state::DurableState;
+use crate::telemetry::instrumented;
+use crate::tls::PoolTls;
 
 /// An actix actor that keeps the latest state of each entity in PostgreSQL.
 ///
@@ -51,9 +51,9 @@ use crate::state::DurableState;
 /// ```
 #[derive(Debug)]
 pub struct DurableStoreActor {
-    config: Config,
+    checked: Checked,
     origin: Origin,
-    store: Option<Arc<Store>>,
+    engine: Option<Arc<Engine>>,
 }
 
 #[derive(Debug)]
@@ -67,13 +67,13 @@ impl DurableStoreActor {
     /// first message needs one (send [`Ping`] to connect eagerly).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when the config cannot work (no host or user, zero pool size...).
+    /// [`Error::InvalidConfig`] listing every setting that cannot work (no host or user, an
+    /// invalid table name, zero pool size, an unreadable certificate...).
     pub fn new(config: Config) -> Result<Self, Error> {
-        config.validate()?;
         Ok(DurableStoreActor {
-            config,
+            checked: config.check(PoolOwner::Store)?,
             origin: Origin::Owned,
-            store: None,
+            engine: None,
         })
     }
 
@@ -82,43 +82,39 @@ impl DurableStoreActor {
     /// open when the actor stops); its schema, table, version rule, batching and timeouts apply.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when those settings cannot work (e.g. `max_connections(0)`).
-    pub fn with_pool<T>(
+    /// [`Error::InvalidConfig`] listing every one of those settings that cannot work (e.g.
+    /// `max_connections(0)`).
+    pub fn with_pool<T: PoolTls>(
         pool: bb8::Pool<PostgresConnectionManager<T>>,
         config: Config,
-    ) -> Result<Self, Error>
-    where
-        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
-        T::Stream: Send + Sync,
-        T::TlsConnect: Send,
-        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-    {
-        config.validate_store()?;
-        let connections = Connections::borrow(pool, config.statement_timeout);
+    ) -> Result<Self, Error> {
+        let checked = config.check(PoolOwner::Caller)?;
+        let connections = Connections::borrow(pool, checked.config.statement_timeout);
         // The workers start with the actor (`started`), inside its runtime.
         Ok(DurableStoreActor {
-            store: None,
-            config,
+            checked,
             origin: Origin::Borrowed(connections),
+            engine: None,
         })
     }
 
-    /// The store to run a message on, or [`Error::NotConnected`] after a disconnect.
-    fn store(&self) -> Result<Arc<Store>, Error> {
-        self.store.clone().ok_or(Error::NotConnected)
+    /// The engine to run a message on, or [`Error::NotConnected`] after a disconnect.
+    fn engine(&self) -> Result<Arc<Engine>, Error> {
+        self.engine.clone().ok_or(Error::NotConnected)
     }
 
-    fn connect(&mut self) -> Result<Arc<Store>, Error> {
-        if let Some(store) = &self.store {
-            return Ok(store.clone());
+    /// The engine, started (with its pool, when owned) if it is not running.
+    fn connect(&mut self) -> Arc<Engine> {
+        if let Some(engine) = &self.engine {
+            return engine.clone();
         }
         let connections = match &self.origin {
-            Origin::Owned => Connections::build(&self.config)?,
+            Origin::Owned => Connections::build(&self.checked),
             Origin::Borrowed(connections) => connections.clone(),
         };
-        let store = Arc::new(Store::start(connections, &self.config));
-        self.store = Some(store.clone());
-        Ok(store)
+        let engine = Arc::new(Engine::start(connections, &self.checked));
+        self.engine = Some(engine.clone());
+        engine
     }
 }
 
@@ -127,14 +123,12 @@ impl Actor for DurableStoreActor {
 
     fn started(&mut self, _ctx: &mut Self::Context) {
         // Building the pool needs the runtime, which exists from here on. It opens nothing yet,
-        // so this cannot fail on an unreachable database; `new` already validated the config.
-        if let Err(error) = self.connect() {
-            tracing::error!(%error, "durable store could not build its pool");
-        }
+        // so this cannot fail on an unreachable database; `new` already checked the config.
+        self.connect();
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.store = None;
+        self.engine = None;
     }
 }
 
@@ -145,75 +139,77 @@ impl Actor for DurableStoreActor {
 /// rest.
 ///
 /// Returned by the handlers; there is nothing to do with it.
-pub struct Enqueue<R> {
-    store: Result<Arc<Store>, Error>,
-    request: R,
+pub struct Enqueue<M> {
+    engine: Result<Arc<Engine>, Error>,
+    message: M,
 }
 
-impl<R> fmt::Debug for Enqueue<R> {
+impl<M> fmt::Debug for Enqueue<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Enqueue").finish_non_exhaustive()
     }
 }
 
-impl MessageResponse<DurableStoreActor, WriteState> for Enqueue<DurableState> {
+impl MessageResponse<DurableStoreActor, WriteState> for Enqueue<WriteState> {
     fn handle(
         self,
         ctx: &mut Context<DurableStoreActor>,
         tx: Option<OneshotSender<Result<WriteOutcome, Error>>>,
     ) {
-        match self.store {
-            Ok(store) => {
-                if let Some(admission) = store.write(self.request, tx) {
-                    ctx.wait(fut::wrap_future(admission));
-                }
-            }
-            Err(error) => reply(tx, Err(error)),
-        }
+        enqueue(self.engine, ctx, tx, |engine, tx| {
+            engine.write(self.message.0, tx)
+        });
     }
 }
 
-impl MessageResponse<DurableStoreActor, GetLatestState> for Enqueue<String> {
+impl MessageResponse<DurableStoreActor, GetLatestState> for Enqueue<GetLatestState> {
     fn handle(
         self,
         ctx: &mut Context<DurableStoreActor>,
         tx: Option<OneshotSender<Result<Option<DurableState>, Error>>>,
     ) {
-        match self.store {
-            Ok(store) => {
-                if let Some(admission) = store.get(self.request, tx) {
-                    ctx.wait(fut::wrap_future(admission));
-                }
-            }
-            Err(error) => reply(tx, Err(error)),
-        }
+        enqueue(self.engine, ctx, tx, |engine, tx| {
+            engine.get(self.message.0, tx)
+        });
     }
 }
 
-fn reply<T>(tx: Option<OneshotSender<T>>, value: T) {
-    if let Some(tx) = tx {
-        let _ = tx.send(value);
+/// Submits a request to `engine` (or answers `tx` with why there is none); when its queue is
+/// full, the actor waits for room before its next message.
+fn enqueue<T>(
+    engine: Result<Arc<Engine>, Error>,
+    ctx: &mut Context<DurableStoreActor>,
+    tx: Reply<T>,
+    submit: impl FnOnce(&Engine, Reply<T>) -> Option<Admission>,
+) {
+    match engine {
+        Ok(engine) => {
+            if let Some(admission) = submit(&engine, tx) {
+                ctx.wait(fut::wrap_future(admission));
+            }
+        }
+        Err(error) => answer(tx, Err(error)),
     }
 }
 
 impl Handler<WriteState> for DurableStoreActor {
-    type Result = Enqueue<DurableState>;
+    type Result = Enqueue<WriteState>;
 
-    fn handle(&mut self, WriteState(state): WriteState, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, message: WriteState, _ctx: &mut Self::Context) -> Self::Result {
         Enqueue {
-            store: self.store(),
-            request: state,
+            engine: self.engine(),
+            message,
         }
     }
 }
 
 impl Handler<GetLatestState> for DurableStoreActor {
-    type Result = Enqueue<String>;
+    type Result = Enqueue<GetLatestState>;
 
-    fn handle(&mut self, msg: GetLatestState, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, message: GetLatestState, _ctx: &mut Self::Context) -> Self::Result {
         Enqueue {
-            store: self.store(),
-            request: msg.0,
+            engine: self.engine(),
+            message,
         }
     }
 }
@@ -223,15 +219,8 @@ impl Handler<Ping> for DurableStoreActor {
 
     fn handle(&mut self, _: Ping, _ctx: &mut Self::Context) -> Self::Result {
         let span = tracing::debug_span!("durable_store.ping", outcome = tracing::field::Empty);
-        let store = self.connect();
-        Box::pin(
-            async move {
-                let result = async { store?.ping().await }.await;
-                record_outcome(&result);
-                result
-            }
-            .instrument(span),
-        )
+        let engine = self.connect();
+        Box::pin(instrumented(span, async move { engine.ping().await }))
     }
 }
 
@@ -241,19 +230,15 @@ impl Handler<CreateSchema> for DurableStoreActor {
     fn handle(&mut self, _: CreateSchema, _ctx: &mut Self::Context) -> Self::Result {
         let span = tracing::info_span!(
             "durable_store.create_schema",
-            schema = self.config.get_schema(),
-            table = self.config.get_table(),
+            schema = self.checked.schema.as_str(),
+            table = self.checked.table.as_str(),
             outcome = tracing::field::Empty,
         );
-        let store = self.store();
-        Box::pin(
-            async move {
-                let result = async { store?.create_schema().await }.await;
-                record_outcome(&result);
-                result
-            }
-            .instrument(span),
-        )
+        let engine = self.engine();
+        Box::pin(instrumented(
+            span,
+            async move { engine?.create_schema().await },
+        ))
     }
 }
 
@@ -261,20 +246,6 @@ impl Handler<Disconnect> for DurableStoreActor {
     type Result = ();
 
     fn handle(&mut self, _: Disconnect, _ctx: &mut Self::Context) {
-        self.store = None;
-    }
-}
-
-/// Records how an operation ended on the current span; errors are logged without payloads.
-fn record_outcome(result: &Result<(), Error>) {
-    let span = tracing::Span::current();
-    match result {
-        Ok(()) => {
-            span.record("outcome", "ok");
-        }
-        Err(error) => {
-            span.record("outcome", "error");
-            tracing::debug!(%error, "durable store operation failed");
-        }
+        self.engine = None;
     }
 }

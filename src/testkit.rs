@@ -41,8 +41,9 @@ use testcontainers_modules::testcontainers::runners::AsyncRunner;
 use tokio::sync::OnceCell;
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::{Config, DEFAULT_TABLE, Identifier};
+use crate::config::Config;
 use crate::error::Error;
+use crate::sql::Identifier;
 use crate::sql::Sql;
 
 mod temp_cluster;
@@ -178,14 +179,14 @@ impl TestDatabase {
             nanos
         );
         let schema = Identifier::parse("schema", &name)?;
-        let config = url.parse::<Config>()?.schema(&name)?;
+        let config = url.parse::<Config>()?.schema(&name);
         let db = TestDatabase {
             url,
             schema,
             config,
             cleaned: false,
         };
-        db.create_table(DEFAULT_TABLE).await?;
+        db.create_table(Config::DEFAULT_TABLE).await?;
         Ok(db)
     }
 
@@ -232,7 +233,7 @@ impl TestDatabase {
     /// # Errors
     /// Database errors (e.g. the table was dropped).
     pub async fn count_rows(&self) -> Result<i64, Error> {
-        self.count_rows_in(DEFAULT_TABLE).await
+        self.count_rows_in(Config::DEFAULT_TABLE).await
     }
 
     /// Number of rows in `table` of this schema.

@@ -11,9 +11,10 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use tokio_postgres::Socket;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::Config;
 use crate::error::Error;
 
 /// How the connection to the server is protected, as libpq's `sslmode`.
@@ -172,11 +173,14 @@ pub(crate) fn parse_client_identity(
     Ok(ClientIdentity(Arc::new(certified)))
 }
 
-/// The rustls connector for `config`'s TLS settings, or `None` for [`SslMode::Disable`]. Its
-/// client certificate, if any, is presented to servers that ask for one.
-pub(crate) fn connector(config: &Config) -> Result<Option<MakeRustlsConnect>, Error> {
-    let (mode, roots) = (config.ssl_mode, config.ssl_root_certs.as_slice());
-    let client = config.ssl_client_identity.as_ref();
+/// The rustls connector for a TLS mode, its roots and client identity, or `None` for
+/// [`SslMode::Disable`]. The client certificate, if any, is presented to servers that ask for
+/// one.
+pub(crate) fn connector(
+    mode: SslMode,
+    roots: &[CertificateDer<'static>],
+    client: Option<&ClientIdentity>,
+) -> Result<Option<MakeRustlsConnect>, Error> {
     // Explicit provider: never depend on (or panic for lack of) a process-wide default.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -190,7 +194,8 @@ pub(crate) fn connector(config: &Config) -> Result<Option<MakeRustlsConnect>, Er
     };
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable => return Ok(None),
-        SslMode::Prefer | SslMode::Require => Arc::new(NoVerification {
+        SslMode::Prefer | SslMode::Require => Arc::new(PartialVerification {
+            chain: None,
             algorithms: provider.signature_verification_algorithms,
         }),
         SslMode::VerifyCa | SslMode::VerifyFull => {
@@ -213,7 +218,10 @@ pub(crate) fn connector(config: &Config) -> Result<Option<MakeRustlsConnect>, Er
             if mode == SslMode::VerifyFull {
                 webpki
             } else {
-                Arc::new(AnyHostName(webpki))
+                Arc::new(PartialVerification {
+                    chain: Some(webpki),
+                    algorithms: provider.signature_verification_algorithms,
+                })
             }
         }
     };
@@ -229,23 +237,34 @@ pub(crate) fn connector(config: &Config) -> Result<Option<MakeRustlsConnect>, Er
     Ok(Some(MakeRustlsConnect::new(config)))
 }
 
-/// `require`/`prefer`: libpq checks no certificate in these modes; the handshake's signatures
-/// are still verified, so the session is encrypted to whoever holds the presented key.
+/// The checks of the modes rustls's own verifier does not offer. `prefer` and `require`
+/// (`chain: None`): libpq checks no certificate; `verify-ca`: the chain must verify against the
+/// roots, but the host name is not checked. Either way the handshake's signatures are verified,
+/// so the session is encrypted to whoever holds the presented key.
 #[derive(Debug)]
-struct NoVerification {
+struct PartialVerification {
+    chain: Option<Arc<WebPkiServerVerifier>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for NoVerification {
+impl ServerCertVerifier for PartialVerification {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -271,49 +290,26 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// `verify-ca`: the chain must verify against the roots; the host name is not checked.
-#[derive(Debug)]
-struct AnyHostName(Arc<WebPkiServerVerifier>);
+/// The TLS connectors a caller's pool may use: any tokio-postgres [`MakeTlsConnect`] whose
+/// streams and futures can move between threads — `NoTls`, tokio-postgres-rustls's
+/// `MakeRustlsConnect`, postgres-native-tls, postgres-openssl. Implemented for every such
+/// type; there is nothing to implement by hand.
+///
+/// [`MakeTlsConnect`]: tokio_postgres::tls::MakeTlsConnect
+pub trait PoolTls:
+    MakeTlsConnect<Socket, Stream: Send + Sync, TlsConnect: Send + TlsConnect<Socket, Future: Send>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
 
-impl ServerCertVerifier for AnyHostName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
+impl<T> PoolTls for T
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
 }

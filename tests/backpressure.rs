@@ -59,7 +59,7 @@ async fn pending_requests_are_bounded_and_abandoned_ones_are_not_sent() {
             .max_connections(1)
             .max_pending_requests(max_pending)
             .max_batch_size(max_batch)
-            .statement_timeout(std::time::Duration::ZERO),
+            .statement_timeout(None),
     );
     let table = format!("{}.states_store", db.schema());
 

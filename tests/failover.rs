@@ -62,7 +62,6 @@ async fn writes_continue_on_the_promoted_standby() {
         .parse::<Config>()
         .unwrap()
         .schema("failover")
-        .unwrap()
         .checkout_timeout(Duration::from_secs(2));
     let store = DurableStoreActor::new(config).unwrap().start();
     store.send(CreateSchema).await.unwrap().unwrap();

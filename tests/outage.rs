@@ -43,7 +43,6 @@ async fn restart_and_crash_under_load_lose_no_acknowledged_write() {
         .parse::<Config>()
         .unwrap()
         .schema("restart")
-        .unwrap()
         .checkout_timeout(Duration::from_secs(2))
         .statement_timeout(Duration::from_secs(2));
     let store = DurableStoreActor::new(config).unwrap().start();
@@ -163,7 +162,6 @@ async fn a_frozen_server_yields_timeouts_and_the_pool_recovers() {
         .parse::<Config>()
         .unwrap()
         .schema("frozen")
-        .unwrap()
         .checkout_timeout(Duration::from_secs(1))
         .statement_timeout(timeout);
     let store = DurableStoreActor::new(config).unwrap().start();
@@ -240,12 +238,7 @@ async fn a_frozen_server_is_detected_with_the_default_settings() {
     require_cluster!();
     let cluster = Cluster::start_new("", None);
     // No timeout configured: the defaults alone must turn a frozen server into an error.
-    let config = cluster
-        .url()
-        .parse::<Config>()
-        .unwrap()
-        .schema("frozen")
-        .unwrap();
+    let config = cluster.url().parse::<Config>().unwrap().schema("frozen");
     let store = DurableStoreActor::new(config).unwrap().start();
     store.send(CreateSchema).await.unwrap().unwrap();
     store
@@ -256,7 +249,7 @@ async fn a_frozen_server_is_detected_with_the_default_settings() {
     cluster.signal_all("STOP");
     let started = Instant::now();
     let result = tokio::time::timeout(
-        durablestore_postgres::DEFAULT_STATEMENT_TIMEOUT * 2,
+        durablestore_postgres::Config::DEFAULT_STATEMENT_TIMEOUT * 2,
         store.send(WriteState(state("a", 2, 2))),
     )
     .await;

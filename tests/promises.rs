@@ -459,7 +459,6 @@ async fn a_read_only_connection_is_discarded_so_the_pool_reconnects() {
     pg.user(&role);
     let config = Config::from_pg_config(pg)
         .schema(db.schema())
-        .unwrap()
         .max_connections(1);
     let store = store_with(config);
     // Like an old primary after a failover: the connection is up but refuses writes.
@@ -618,7 +617,7 @@ async fn connection_strings_without_sslmode_prefer_tls_as_libpq_does() {
     );
     let config: Config = url.parse().unwrap();
     assert_eq!(config.get_ssl_mode(), SslMode::Prefer);
-    let store = store_with(config.schema(db.schema()).unwrap());
+    let store = store_with(config.schema(db.schema()));
     store
         .send(durablestore_postgres::Ping)
         .await

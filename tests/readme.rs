@@ -9,7 +9,7 @@ mod readme;
 mod readme_entity;
 
 use durablestore_postgres::testkit::TestDatabase;
-use durablestore_postgres::{BehaviorTest, DEFAULT_TABLE};
+use durablestore_postgres::{BehaviorTest, Config};
 
 const README: &str = include_str!("../README.md");
 
@@ -33,8 +33,8 @@ fn assert_in_readme(example: &str, name: &str) {
 /// A fresh schema without the table: what a user's empty database looks like to the store.
 async fn empty_database() -> TestDatabase {
     let db = TestDatabase::new().await.unwrap();
-    db.drop_table(DEFAULT_TABLE).await.unwrap();
-    assert!(!db.table_exists(DEFAULT_TABLE).await.unwrap());
+    db.drop_table(Config::DEFAULT_TABLE).await.unwrap();
+    assert!(!db.table_exists(Config::DEFAULT_TABLE).await.unwrap());
     db
 }
 

@@ -392,13 +392,7 @@ async fn schemas_isolate_stores_on_one_database() {
 async fn create_schema_is_explicit_and_idempotent() {
     let db = TestDatabase::new().await.unwrap();
     let fresh = format!("{}_new", db.schema());
-    let store = store_with(
-        db.config()
-            .schema(&fresh)
-            .unwrap()
-            .table("Accounts")
-            .unwrap(),
-    );
+    let store = store_with(db.config().schema(&fresh).table("Accounts"));
     // Nothing is created implicitly.
     let before = store.send(WriteState(state("a", 1, 1))).await.unwrap();
     assert_eq!(
@@ -537,7 +531,6 @@ async fn unknown_role_fails_fast_with_the_servers_reason() {
     pg.user("no_such_role_for_durablestore").password("hunter2");
     let config = Config::from_pg_config(pg)
         .schema(db.schema())
-        .unwrap()
         .checkout_timeout(Duration::from_secs(5));
     let store = DurableStoreActor::new(config).unwrap().start();
     let result = tokio::time::timeout(Duration::from_secs(30), store.send(Ping))

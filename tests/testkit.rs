@@ -52,7 +52,7 @@ async fn cluster_serves_a_store_and_is_removed_on_drop() {
     assert!(dir.exists());
 
     let config: Config = cluster.url().parse().unwrap();
-    let store = DurableStoreActor::new(config.schema("testkit").unwrap())
+    let store = DurableStoreActor::new(config.schema("testkit"))
         .unwrap()
         .start();
     store.send(CreateSchema).await.unwrap().unwrap();

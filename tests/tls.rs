@@ -104,7 +104,6 @@ fn config(host: &str, port: u16, app: &str) -> Config {
     Config::new(host, port, "postgres", "", "postgres")
         .application_name(app)
         .schema("tls")
-        .unwrap()
         .checkout_timeout(Duration::from_secs(3))
 }
 
@@ -134,8 +133,7 @@ async fn verify_full_connects_with_the_right_ca_and_host_name() {
     let cluster = tls_cluster(&pki);
     let config = config("localhost", cluster.port, "tls-full")
         .ssl_mode(SslMode::VerifyFull)
-        .ssl_root_cert_pem(pki.ca_pem.as_bytes())
-        .unwrap();
+        .ssl_root_cert_pem(pki.ca_pem.as_bytes());
     let store = DurableStoreActor::new(config).unwrap().start();
     store.send(CreateSchema).await.unwrap().unwrap();
     store
@@ -164,8 +162,7 @@ async fn verification_failures_are_clear_errors() {
     // Wrong host name: the certificate names `localhost`, not 127.0.0.1.
     let wrong_host = config("127.0.0.1", cluster.port, "tls-wrong-host")
         .ssl_mode(SslMode::VerifyFull)
-        .ssl_root_cert_pem(pki.ca_pem.as_bytes())
-        .unwrap();
+        .ssl_root_cert_pem(pki.ca_pem.as_bytes());
     let err = ping(wrong_host).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("certificate"), "{err}");
@@ -175,8 +172,7 @@ async fn verification_failures_are_clear_errors() {
     let wrong_ca = config("localhost", cluster.port, "tls-wrong-ca")
         .checkout_timeout(Duration::from_secs(60))
         .ssl_mode(SslMode::VerifyFull)
-        .ssl_root_cert_pem(pki.other_ca_pem.as_bytes())
-        .unwrap();
+        .ssl_root_cert_pem(pki.other_ca_pem.as_bytes());
     let err = ping(wrong_ca).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("certificate"), "{err}");
@@ -184,8 +180,7 @@ async fn verification_failures_are_clear_errors() {
     // verify-ca checks the chain but not the name: 127.0.0.1 is fine there.
     let ca_only = config("127.0.0.1", cluster.port, "tls-ca")
         .ssl_mode(SslMode::VerifyCa)
-        .ssl_root_cert_pem(pki.ca_pem.as_bytes())
-        .unwrap();
+        .ssl_root_cert_pem(pki.ca_pem.as_bytes());
     ping(ca_only).await.unwrap();
     assert!(encrypted(&cluster, "tls-ca"));
 
@@ -196,8 +191,7 @@ async fn verification_failures_are_clear_errors() {
     // ... unless a root certificate is given: then, as in libpq, the chain is checked.
     let require_wrong_root = config("127.0.0.1", cluster.port, "tls-require-root")
         .ssl_mode(SslMode::Require)
-        .ssl_root_cert_pem(pki.other_ca_pem.as_bytes())
-        .unwrap();
+        .ssl_root_cert_pem(pki.other_ca_pem.as_bytes());
     assert!(matches!(
         ping(require_wrong_root).await,
         Err(Error::Unavailable { .. })
@@ -305,14 +299,12 @@ async fn client_certificates_authenticate_to_a_server_that_requires_them() {
         config("localhost", cluster.port, app)
             .ssl_mode(SslMode::VerifyFull)
             .ssl_root_cert_pem(pki.ca_pem.as_bytes())
-            .unwrap()
     };
 
     // Set with the builder: the store connects, writes and reads as `postgres`.
     let (cert, key) = pki.client_cert("postgres");
-    let with_cert = verified("tls-client-cert")
-        .ssl_client_cert_pem(cert.as_bytes(), key.as_bytes())
-        .unwrap();
+    let with_cert =
+        verified("tls-client-cert").ssl_client_cert_pem(cert.as_bytes(), key.as_bytes());
     let store = DurableStoreActor::new(with_cert).unwrap().start();
     store.send(CreateSchema).await.unwrap().unwrap();
     store
@@ -351,9 +343,7 @@ async fn client_certificates_authenticate_to_a_server_that_requires_them() {
 
     // A valid certificate for another user is refused too: the common name must be the user.
     let (cert, key) = pki.client_cert("alice");
-    let wrong_user = verified("tls-wrong-cn")
-        .ssl_client_cert_pem(cert.as_bytes(), key.as_bytes())
-        .unwrap();
+    let wrong_user = verified("tls-wrong-cn").ssl_client_cert_pem(cert.as_bytes(), key.as_bytes());
     let err = ping(wrong_user).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     assert!(

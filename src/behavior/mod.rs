@@ -1,5 +1,7 @@
 //! What a user writes to make an entity durable: its state, its commands, its decisions.
 
+pub(crate) mod harness;
+
 use crate::error::Error;
 
 /// An entity whose state survives restarts: the Rust counterpart of eGo's and Akka's

@@ -1,0 +1,74 @@
+//! What the store reports about itself: one set of outcome names shared by metrics labels and
+//! tracing fields, the gauge of admitted requests, and the helper that runs a handler's work
+//! inside its span.
+
+use std::future::Future;
+
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::messages::WriteOutcome;
+
+/// A successful result that has a name of its own in metrics and traces.
+pub(crate) trait Outcome {
+    /// The name; errors are named by [`outcome_name`].
+    fn name(&self) -> &'static str;
+}
+
+impl Outcome for WriteOutcome {
+    fn name(&self) -> &'static str {
+        match self {
+            WriteOutcome::Written => "written",
+            WriteOutcome::AlreadyStored => "already_stored",
+        }
+    }
+}
+
+impl Outcome for () {
+    fn name(&self) -> &'static str {
+        "ok"
+    }
+}
+
+/// The name of a result, the same in metrics labels and tracing fields: the success's own
+/// name, `conflict` for a version conflict, `error` for any other error.
+pub(crate) fn outcome_name<T: Outcome>(result: &Result<T, Error>) -> &'static str {
+    match result {
+        Ok(value) => value.name(),
+        Err(Error::VersionConflict { .. }) => "conflict",
+        Err(_) => "error",
+    }
+}
+
+/// Runs `work` inside `span` and records its outcome on the span (field `outcome`); an error is
+/// logged at debug level, without payloads (no error of the crate carries one).
+pub(crate) async fn instrumented<T: Outcome>(
+    span: tracing::Span,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let record = span.clone();
+    let result = work.instrument(span.clone()).await;
+    record.record("outcome", outcome_name(&result));
+    if let Err(error) = &result {
+        span.in_scope(|| tracing::debug!(%error, "durable store operation failed"));
+    }
+    result
+}
+
+/// One admitted request, counted in the `durablestore_pending_requests` gauge (label `kind`)
+/// for as long as it is alive (queued, in a batch, or waiting for room): the memory the store
+/// holds for callers.
+pub(crate) struct Slot(&'static str);
+
+impl Slot {
+    pub(crate) fn new(kind: &'static str) -> Self {
+        metrics::gauge!("durablestore_pending_requests", "kind" => kind).increment(1.0);
+        Slot(kind)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!("durablestore_pending_requests", "kind" => self.0).decrement(1.0);
+    }
+}
