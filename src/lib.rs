@@ -49,7 +49,7 @@ pub mod testkit;
 mod tls;
 mod version;
 
-pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, HandleCommand};
+pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand};
 pub use crate::behavior_test::{BehaviorTest, Then};
 pub use crate::config::{
     Config, DEFAULT_APPLICATION_NAME, DEFAULT_CHECKOUT_TIMEOUT, DEFAULT_HEALTH_CHECK_PERIOD,
