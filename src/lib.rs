@@ -38,6 +38,8 @@ mod behavior_test;
 mod config;
 mod entity;
 mod error;
+#[cfg(feature = "serde")]
+mod json;
 mod memory;
 mod messages;
 mod pool;
@@ -61,7 +63,11 @@ pub use crate::config::{
 pub use crate::entity::{
     DEFAULT_SHARD_COUNT, DurableEntity, Passivate, RecoveryPolicy, Sharding, StateStore,
 };
+#[cfg(feature = "serde")]
+pub use crate::error::JsonError;
 pub use crate::error::{Error, InvalidInput, PgError};
+#[cfg(feature = "serde")]
+pub use crate::json::{Json, JsonState};
 pub use crate::memory::MemoryStore;
 pub use crate::messages::{
     CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState,
@@ -74,6 +80,8 @@ pub use crate::tls::SslMode;
 pub const DDL: &str = crate::sql::DDL;
 
 pub use {actix, bb8, bb8_postgres, prost, prost_types, rustls, tokio_postgres};
+#[cfg(feature = "serde")]
+pub use {serde, serde_json};
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]
