@@ -11,7 +11,7 @@ use actix::{
     ResponseActFuture,
 };
 
-use crate::behavior::{CommandError, DurableStateBehavior, Effect, HandleCommand};
+use crate::behavior::{CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand};
 use crate::error::Error;
 use crate::messages::{GetLatestState, WriteOutcome, WriteState};
 use crate::state::DurableState;
@@ -252,7 +252,7 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             match store.get(id).await? {
                 None => Ok((initial, 0)),
                 Some(stored) => {
-                    let state = stored.decode_state::<B::State>()?;
+                    let state = B::State::from_durable_state(&stored)?;
                     Ok((state, stored.version_number))
                 }
             }
@@ -292,8 +292,11 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         };
         let id = self.behavior.persistence_id().to_owned();
         let next = version + 1;
-        let durable =
-            DurableState::new(id.clone(), next, &new_state).with_shard(self.sharding.shard_of(&id));
+        let durable = match new_state.to_durable_state(&id, next) {
+            Ok(durable) => durable.with_shard(self.sharding.shard_of(&id)),
+            // Nothing was written: the state stays the last persisted one.
+            Err(error) => return Box::pin(fut::ready(Err(CommandError::Store(error)))),
+        };
         let store = self.store.clone();
         let write = async move {
             let conflict = match store.write(durable).await {
@@ -307,9 +310,9 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             };
             // Someone else owns the newer state: take it, don't fight it.
             let reloaded = match store.get(id.clone()).await {
-                Ok(Some(stored)) => stored
-                    .decode_state::<B::State>()
-                    .map(|s| Some((s, stored.version_number))),
+                Ok(Some(stored)) => {
+                    B::State::from_durable_state(&stored).map(|s| Some((s, stored.version_number)))
+                }
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };

@@ -13,10 +13,11 @@ use tokio_postgres::error::SqlState;
 /// - [`Error::PoolTimeout`], [`Error::Unavailable`], [`Error::NotConnected`]: the database
 ///   cannot be reached right now; retry later (see [`Error::is_transient`]).
 /// - [`Error::Database`]: PostgreSQL refused the statement; [`Error::code`] tells why.
-/// - [`Error::CorruptState`], [`Error::StateTypeMismatch`], [`Error::Decode`]: a stored row
-///   cannot be turned into the state that was asked for; retrying does not help.
-/// - [`Error::InvalidInput`] and [`Error::InvalidConfig`]: the caller's input is wrong; nothing
-///   was sent to the database.
+/// - [`Error::CorruptState`], [`Error::StateTypeMismatch`], [`Error::Decode`] (and
+///   `Error::DecodeJson`, feature `serde`): a stored row cannot be turned into the state that
+///   was asked for; retrying does not help.
+/// - [`Error::InvalidInput`] and [`Error::InvalidConfig`] (and `Error::EncodeJson`, feature
+///   `serde`): the caller's input is wrong; nothing was sent to the database.
 ///
 /// No variant ever contains the connection password or state payload bytes: server errors are
 /// kept as a [`PgError`], which reports the SQLSTATE and message but never the server's DETAIL
@@ -109,14 +110,16 @@ pub enum Error {
         reason: String,
     },
 
-    /// The stored state is of another protobuf type than the one asked for.
+    /// The stored state is of another type than the one asked for: another protobuf type, or
+    /// a JSON state where a protobuf one was asked for (or the other way round), or another
+    /// JSON state name.
     #[error("stored state of `{persistence_id}` is a `{found}`, not a `{expected}`")]
     StateTypeMismatch {
         /// The entity whose state was decoded.
         persistence_id: String,
-        /// The fully qualified protobuf name that was asked for.
+        /// The fully qualified protobuf name, or JSON state name, that was asked for.
         expected: String,
-        /// The fully qualified protobuf name that is stored.
+        /// The fully qualified protobuf name, or JSON state name, that is stored.
         found: String,
     },
 
@@ -130,6 +133,35 @@ pub enum Error {
         /// What prost reported.
         #[source]
         source: prost::DecodeError,
+    },
+
+    /// The stored JSON does not deserialize as the requested
+    /// [`JsonState`](crate::JsonState): it is not JSON, or not of that type's shape.
+    #[cfg(feature = "serde")]
+    #[error("stored state of `{persistence_id}` does not decode as JSON `{type_name}`: {source}")]
+    DecodeJson {
+        /// The entity whose state was decoded.
+        persistence_id: String,
+        /// The JSON state name that was asked for.
+        type_name: String,
+        /// What serde_json reported, without the stored JSON (see [`JsonError`]).
+        #[source]
+        source: JsonError,
+    },
+
+    /// A [`JsonState`](crate::JsonState) could not be serialized: its `Serialize` impl failed,
+    /// or serde_json refused the value (e.g. a map whose keys are not strings). Nothing was
+    /// written.
+    #[cfg(feature = "serde")]
+    #[error("state of `{persistence_id}` does not serialize as JSON `{type_name}`: {source}")]
+    EncodeJson {
+        /// The entity whose state was encoded.
+        persistence_id: String,
+        /// The JSON state name of the state.
+        type_name: String,
+        /// What serde_json reported.
+        #[source]
+        source: JsonError,
     },
 
     /// The caller's input was rejected before anything reached the database.
@@ -165,7 +197,8 @@ pub enum InvalidInput {
         /// The entity whose state was incomplete.
         persistence_id: String,
     },
-    /// The `resulting_state` type URL does not end in a valid fully qualified protobuf name.
+    /// The `resulting_state` type URL does not end in a valid fully qualified protobuf name,
+    /// and is not a JSON state name either.
     #[error("durable state of `{persistence_id}` has an invalid type URL `{type_url}`")]
     InvalidTypeUrl {
         /// The entity whose state was rejected.
@@ -201,6 +234,16 @@ pub enum InvalidInput {
         len: usize,
         /// The configured maximum.
         max: usize,
+    },
+    /// A [`JsonState::NAME`](crate::JsonState::NAME) is not a valid JSON state name (see
+    /// there for the rule): nothing was encoded or decoded.
+    #[cfg(feature = "serde")]
+    #[error("invalid JSON state name `{name}`: {reason}")]
+    InvalidStateName {
+        /// The rejected name (truncated to 300 bytes).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// A schema or table name is not a plain SQL identifier.
     #[error("invalid {kind} name `{name}`: {reason}")]
@@ -381,6 +424,89 @@ impl std::error::Error for PgError {
         std::error::Error::source(&*self.0)
     }
 }
+
+/// An error of serde_json, as the crate reports it (feature `serde`).
+///
+/// The `Display`, `Debug` and [`source`](std::error::Error::source) of an error met while
+/// **decoding** a stored state say only what kind of error it is and where
+/// ([`JsonError::category`], [`JsonError::line`], [`JsonError::column`]), never serde_json's
+/// message: that message quotes the offending input (`invalid type: string "…"`), i.e. the
+/// stored payload, and errors end up in logs. Read the row to see the JSON itself.
+///
+/// An error met while **encoding** keeps serde_json's message (e.g. "key must be a string"):
+/// it comes from the state's `Serialize` impl, not from stored bytes.
+#[cfg(feature = "serde")]
+#[derive(Clone)]
+pub struct JsonError {
+    inner: Arc<serde_json::Error>,
+    /// False for decoding errors, whose message may quote the payload.
+    show_message: bool,
+}
+
+#[cfg(feature = "serde")]
+impl JsonError {
+    pub(crate) fn encoding(error: serde_json::Error) -> Self {
+        JsonError {
+            inner: Arc::new(error),
+            show_message: true,
+        }
+    }
+
+    pub(crate) fn decoding(error: serde_json::Error) -> Self {
+        JsonError {
+            inner: Arc::new(error),
+            show_message: false,
+        }
+    }
+
+    /// What kind of error it is: not JSON at all (`Syntax`), JSON that ends early (`Eof`), or
+    /// JSON of another shape than the type (`Data`).
+    pub fn category(&self) -> serde_json::error::Category {
+        self.inner.classify()
+    }
+
+    /// The line (from 1) of the JSON where the error was found; 0 when encoding.
+    pub fn line(&self) -> usize {
+        self.inner.line()
+    }
+
+    /// The column (from 1) of the JSON where the error was found; 0 when encoding.
+    pub fn column(&self) -> usize {
+        self.inner.column()
+    }
+}
+
+#[cfg(feature = "serde")]
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use serde_json::error::Category;
+        if self.show_message {
+            return write!(f, "{}", self.inner);
+        }
+        let what = match self.category() {
+            Category::Syntax => "not valid JSON",
+            Category::Eof => "the JSON ends early",
+            Category::Data => "the JSON does not match the type",
+            Category::Io => "I/O error",
+        };
+        write!(f, "{what} at line {} column {}", self.line(), self.column())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl fmt::Debug for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonError")
+            .field("category", &self.category())
+            .field("line", &self.line())
+            .field("column", &self.column())
+            .field("message", &self.to_string())
+            .finish()
+    }
+}
+
+#[cfg(feature = "serde")]
+impl std::error::Error for JsonError {}
 
 /// Truncates `s` to at most `max` bytes on a character boundary, for error messages that echo
 /// input back.

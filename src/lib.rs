@@ -37,6 +37,8 @@ mod config;
 mod engine;
 mod entity;
 mod error;
+#[cfg(feature = "serde")]
+mod json;
 mod memory;
 mod messages;
 mod pool;
@@ -52,10 +54,14 @@ mod tls;
 mod version;
 
 pub use crate::behavior::harness::{BehaviorTest, Then};
-pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, HandleCommand};
+pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand};
 pub use crate::config::{Config, VersionCheck};
 pub use crate::entity::{DurableEntity, Passivate, RecoveryPolicy, Sharding, StateStore};
+#[cfg(feature = "serde")]
+pub use crate::error::JsonError;
 pub use crate::error::{Error, InvalidInput, PgError};
+#[cfg(feature = "serde")]
+pub use crate::json::{Json, JsonState};
 pub use crate::memory::MemoryStore;
 pub use crate::messages::{
     CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState,
@@ -68,6 +74,8 @@ pub use crate::tls::{PoolTls, SslMode};
 pub const DDL: &str = crate::sql::DDL;
 
 pub use {actix, bb8, bb8_postgres, prost, prost_types, rustls, tokio_postgres};
+#[cfg(feature = "serde")]
+pub use {serde, serde_json};
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

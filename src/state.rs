@@ -11,7 +11,8 @@ use crate::error::{Error, InvalidInput, truncate};
 /// in characters, so an id of 200 non-ASCII characters written by the Go store is valid here too.
 pub const MAX_PERSISTENCE_ID_LEN: usize = 255;
 
-/// Longest manifest (fully qualified protobuf name) the `state_manifest` column holds.
+/// Longest manifest (fully qualified protobuf name or JSON state name) the `state_manifest`
+/// column holds.
 const MAX_MANIFEST_LEN: usize = 255;
 
 /// The type URL prefix protobuf uses for `Any`.
@@ -20,10 +21,19 @@ const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 /// Manifest of rows in eGo's Go store format: the payload is a serialized `Any`.
 const ANY_MANIFEST: &str = "google.protobuf.Any";
 
+/// Characters no protobuf full name contains. A JSON state name needs at least one, so a
+/// row's manifest alone tells a JSON payload from a protobuf one, and no JSON name can be
+/// taken for a protobuf type (or for `google.protobuf.Any`).
+const JSON_NAME_MARKERS: [char; 4] = ['-', ':', '@', '+'];
+
 /// How a state is laid out in `state_manifest` and `state_payload`.
 ///
 /// Reading accepts both layouts whatever this says, so rows written in either stay readable
 /// and a table can hold a mix of them.
+///
+/// JSON states (`DurableState::from_json`, feature `serde`) have one layout whatever this
+/// says: their JSON state name in `state_manifest` and their JSON in `state_payload`. **eGo's
+/// Go store cannot read those rows**; this crate reads them, with or without the feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RowFormat {
@@ -66,7 +76,8 @@ pub struct DurableState {
     /// The state's version: 1 for the first state, then +1 per change.
     #[prost(uint64, tag = "2")]
     pub version_number: u64,
-    /// The state itself, as a protobuf `Any`.
+    /// The state itself, as a protobuf `Any`: a protobuf state under its type URL, or a JSON
+    /// state (feature `serde`) under its bare JSON state name with its JSON as the value.
     #[prost(message, optional, tag = "3")]
     pub resulting_state: Option<Any>,
     /// When the state was produced, in Unix milliseconds.
@@ -120,7 +131,8 @@ impl DurableState {
     }
 
     /// The fully qualified protobuf name of the held state (e.g. `acme.billing.AccountState`),
-    /// or `None` when there is no state.
+    /// the name of a JSON state (e.g. `acme.billing:account-v1`), or `None` when there is no
+    /// state.
     pub fn state_type(&self) -> Option<&str> {
         self.resulting_state
             .as_ref()
@@ -130,7 +142,8 @@ impl DurableState {
     /// Decodes the held state as `M`.
     ///
     /// # Errors
-    /// - [`Error::StateTypeMismatch`] when the held state is of another type;
+    /// - [`Error::StateTypeMismatch`] when the held state is of another type (a JSON state
+    ///   included);
     /// - [`Error::Decode`] when its bytes are not a valid `M`;
     /// - [`Error::InvalidInput`] ([`InvalidInput::MissingState`]) when there is no state.
     pub fn decode_state<M: Message + Name + Default>(&self) -> Result<M, Error> {
@@ -165,8 +178,9 @@ pub(crate) fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// The part of a type URL after its last `/`, which protobuf defines as the type's full name.
-fn type_name(type_url: &str) -> &str {
+/// The part of a type URL after its last `/`, which protobuf defines as the type's full name;
+/// a JSON state name (which has no `/`) as it is.
+pub(crate) fn type_name(type_url: &str) -> &str {
     type_url.rsplit('/').next().unwrap_or(type_url)
 }
 
@@ -181,6 +195,41 @@ fn is_full_name(name: &str) -> bool {
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
+}
+
+/// Why `name` is not a JSON state name, or `None` when it is one.
+///
+/// A JSON state name is 1 to 255 ASCII letters, digits and `_ . - : @ +`, starts with a
+/// letter and contains at least one of [`JSON_NAME_MARKERS`]. No protobuf full name (only
+/// letters, digits, `_` and `.`) and no type URL (which has a `/`) is one, so neither a row
+/// nor an `Any` of one kind can be read as the other.
+pub(crate) fn json_name_error(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("it is empty");
+    }
+    if name.len() > MAX_MANIFEST_LEN {
+        return Some("it is longer than 255 bytes");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Some("it does not start with an ASCII letter");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '@' | '+'))
+    {
+        return Some("it has a character other than ASCII letters, digits and `_ . - : @ +`");
+    }
+    if !name.contains(JSON_NAME_MARKERS) {
+        return Some(
+            "it has none of `- : @ +`, so it could be a protobuf name (e.g. write `acme.account-v1`)",
+        );
+    }
+    None
+}
+
+/// True for a JSON state name (see [`json_name_error`]).
+fn is_json_name(name: &str) -> bool {
+    json_name_error(name).is_none()
 }
 
 /// Checks a persistence id against what the column can hold.
@@ -249,20 +298,27 @@ impl StateRow {
         let Some(any) = resulting_state else {
             return Err(InvalidInput::MissingState { persistence_id });
         };
-        let name = type_name(&any.type_url);
-        if !is_full_name(name) || any.type_url.len() > MAX_MANIFEST_LEN + TYPE_URL_PREFIX.len() {
-            return Err(InvalidInput::InvalidTypeUrl {
-                persistence_id,
-                type_url: truncate(&any.type_url, 300),
-            });
-        }
-        let typed = format == RowFormat::Typed
-            && any.type_url.strip_prefix(TYPE_URL_PREFIX) == Some(name)
-            && name != ANY_MANIFEST;
-        let (state_manifest, state_payload) = if typed {
-            (name.to_owned(), any.value)
+        let (state_manifest, state_payload) = if is_json_name(&any.type_url) {
+            // A JSON state, laid out alike in both formats: no Go reader could decode its
+            // payload anyway, and its name cannot be mistaken for a protobuf manifest.
+            (any.type_url, any.value)
         } else {
-            (ANY_MANIFEST.to_owned(), any.encode_to_vec())
+            let name = type_name(&any.type_url);
+            if !is_full_name(name) || any.type_url.len() > MAX_MANIFEST_LEN + TYPE_URL_PREFIX.len()
+            {
+                return Err(InvalidInput::InvalidTypeUrl {
+                    persistence_id,
+                    type_url: truncate(&any.type_url, 300),
+                });
+            }
+            let typed = format == RowFormat::Typed
+                && any.type_url.strip_prefix(TYPE_URL_PREFIX) == Some(name)
+                && name != ANY_MANIFEST;
+            if typed {
+                (name.to_owned(), any.value)
+            } else {
+                (ANY_MANIFEST.to_owned(), any.encode_to_vec())
+            }
         };
         Ok(StateRow {
             persistence_id,
@@ -301,10 +357,15 @@ impl StateRow {
         }
     }
 
-    /// The state as an `Any`, from either layout; `None` for a row that does not decode.
+    /// The state as an `Any`, from any layout; `None` for a row that does not decode.
     fn any(&self) -> Option<Any> {
         if self.state_manifest == ANY_MANIFEST {
             Any::decode(self.state_payload.as_slice()).ok()
+        } else if is_json_name(&self.state_manifest) {
+            Some(Any {
+                type_url: self.state_manifest.clone(),
+                value: self.state_payload.clone(),
+            })
         } else {
             Some(Any {
                 type_url: format!("{TYPE_URL_PREFIX}{}", self.state_manifest),
@@ -313,7 +374,8 @@ impl StateRow {
         }
     }
 
-    /// Turns a stored row back into a state; accepts both [`RowFormat`]s.
+    /// Turns a stored row back into a state; accepts both [`RowFormat`]s and JSON rows. A JSON
+    /// payload is not parsed here: like protobuf bytes, it is checked when it is decoded.
     pub(crate) fn decode(self) -> Result<DurableState, Error> {
         let corrupt = |reason: String| Error::CorruptState {
             persistence_id: self.persistence_id.clone(),
@@ -336,6 +398,11 @@ impl StateRow {
         } else if is_full_name(&self.state_manifest) {
             Any {
                 type_url: format!("{TYPE_URL_PREFIX}{}", self.state_manifest),
+                value: self.state_payload,
+            }
+        } else if is_json_name(&self.state_manifest) {
+            Any {
+                type_url: self.state_manifest,
                 value: self.state_payload,
             }
         } else {
@@ -561,6 +628,54 @@ mod tests {
         max.persistence_id = "😀".repeat(255);
         assert_eq!(max.persistence_id.len(), 1020);
         assert!(StateRow::encode(max, RowFormat::default()).is_ok());
+    }
+
+    #[test]
+    fn json_states_have_one_layout_and_read_back_exactly() {
+        // What `DurableState::from_json` builds; the layout needs no `serde` feature.
+        let mut state = sample();
+        state.resulting_state = Some(Any {
+            type_url: "shop.cart-v1".into(),
+            value: br#"{"items":[]}"#.to_vec(),
+        });
+        for format in [RowFormat::Any, RowFormat::Typed] {
+            let row = StateRow::encode(state.clone(), format).unwrap();
+            assert_eq!(row.state_manifest, "shop.cart-v1");
+            assert_eq!(row.state_payload, br#"{"items":[]}"#);
+            assert!(row.same_state(&StateRow::encode(state.clone(), RowFormat::Any).unwrap()));
+            assert_eq!(row.decode().unwrap(), state);
+        }
+        assert_eq!(state.state_type(), Some("shop.cart-v1"));
+        assert!(matches!(
+            state.decode_state::<prost_types::Timestamp>(),
+            Err(Error::StateTypeMismatch { ref found, .. }) if found == "shop.cart-v1"
+        ));
+        // An `Any` envelope holding a JSON name is not a layout this crate writes.
+        let wrapped = StateRow {
+            state_manifest: ANY_MANIFEST.into(),
+            state_payload: state.resulting_state.clone().unwrap().encode_to_vec(),
+            ..StateRow::encode(state, RowFormat::Any).unwrap()
+        };
+        assert!(matches!(wrapped.decode(), Err(Error::CorruptState { .. })));
+    }
+
+    #[test]
+    fn json_names_and_protobuf_names_are_disjoint() {
+        for name in ["acme.Account", "google.protobuf.Any", "A", "a_b.C9"] {
+            assert!(is_full_name(name) && !is_json_name(name), "{name}");
+        }
+        for name in ["acme.account-v1", "acme:Account", "Account@2", "a.B+json"] {
+            assert!(is_json_name(name) && !is_full_name(name), "{name}");
+        }
+        for name in [
+            "type.googleapis.com/acme.account-v1",
+            "x/a-b",
+            "-a",
+            "a b-c",
+            "",
+        ] {
+            assert!(!is_json_name(name), "{name}");
+        }
     }
 
     #[test]

@@ -3,6 +3,94 @@
 pub(crate) mod harness;
 
 use crate::error::Error;
+use crate::state::DurableState;
+
+/// What an entity's state must be: something that becomes a [`DurableState`] and back.
+///
+/// Two kinds of state implement it, so a [`DurableStateBehavior::State`] is one of:
+/// - any prost message with a `prost::Name` and a `Default` (a blanket impl), stored as
+///   protobuf: the default, and the format eGo's Go store reads;
+/// - with the `serde` feature, `Json<T>` of any `JsonState` `T` (a serde type with a stable
+///   name), stored as JSON, which the Go store cannot read.
+///
+/// Implement it yourself for a format of your own, or to keep a domain type apart from its
+/// stored form, on a type of your own that is not a prost message (those have the blanket
+/// impl); delegate to [`DurableState::new`] and [`DurableState::decode_state`] (or
+/// `DurableState::from_json` and `DurableState::decode_json`):
+///
+/// ```
+/// use durablestore_postgres::{DurableState, EntityState, Error};
+///
+/// /// The stored form: a protobuf message.
+/// #[derive(Clone, PartialEq, prost::Message)]
+/// pub struct BalanceRecord {
+///     #[prost(int64, tag = "1")]
+///     pub cents: i64,
+/// }
+/// impl prost::Name for BalanceRecord {
+///     const NAME: &'static str = "BalanceRecord";
+///     const PACKAGE: &'static str = "bank.v1";
+/// }
+///
+/// /// The domain type, free of protobuf attributes.
+/// #[derive(Debug, Clone, Default, PartialEq)]
+/// pub struct Balance {
+///     pub cents: i64,
+/// }
+///
+/// impl EntityState for Balance {
+///     fn to_durable_state(&self, id: &str, version: u64) -> Result<DurableState, Error> {
+///         let record = BalanceRecord { cents: self.cents };
+///         Ok(DurableState::new(id, version, &record))
+///     }
+///     fn from_durable_state(state: &DurableState) -> Result<Self, Error> {
+///         let record: BalanceRecord = state.decode_state()?;
+///         Ok(Balance { cents: record.cents })
+///     }
+/// }
+///
+/// let state = Balance { cents: 250 }.to_durable_state("account-1", 1)?;
+/// assert_eq!(state.state_type(), Some("bank.v1.BalanceRecord"));
+/// assert_eq!(Balance::from_durable_state(&state)?, Balance { cents: 250 });
+/// # Ok::<(), Error>(())
+/// ```
+pub trait EntityState: Sized {
+    /// This state as version `version_number` of `persistence_id`, stamped with the current
+    /// time and shard 0.
+    ///
+    /// # Errors
+    /// When the state cannot be encoded (never for a protobuf state): for a JSON state,
+    /// `Error::EncodeJson` or an invalid `JsonState::NAME`
+    /// ([`Error::InvalidInput`]); nothing is written then.
+    fn to_durable_state(
+        &self,
+        persistence_id: &str,
+        version_number: u64,
+    ) -> Result<DurableState, Error>;
+
+    /// The state held by `state`.
+    ///
+    /// # Errors
+    /// [`Error::StateTypeMismatch`] when `state` holds another type (or another kind of state),
+    /// [`Error::Decode`] (`Error::DecodeJson` for JSON) when its bytes do not decode, and
+    /// [`Error::InvalidInput`] when it holds no state.
+    fn from_durable_state(state: &DurableState) -> Result<Self, Error>;
+}
+
+/// Protobuf states, stored under `type.googleapis.com/<full name>` as the Go store does.
+impl<M: prost::Message + prost::Name + Default> EntityState for M {
+    fn to_durable_state(
+        &self,
+        persistence_id: &str,
+        version_number: u64,
+    ) -> Result<DurableState, Error> {
+        Ok(DurableState::new(persistence_id, version_number, self))
+    }
+
+    fn from_durable_state(state: &DurableState) -> Result<Self, Error> {
+        state.decode_state()
+    }
+}
 
 /// An entity whose state survives restarts: the Rust counterpart of eGo's and Akka's
 /// `DurableStateBehavior`.
@@ -61,15 +149,10 @@ use crate::error::Error;
 /// }
 /// ```
 pub trait DurableStateBehavior: Unpin + 'static {
-    /// The entity's state: a protobuf message with a name, stored as the row's payload.
-    type State: prost::Message
-        + prost::Name
-        + Default
-        + Clone
-        + PartialEq
-        + std::fmt::Debug
-        + Unpin
-        + 'static;
+    /// The entity's state, stored as the row's payload: a protobuf message with a
+    /// `prost::Name` or, with the `serde` feature, `Json<T>` of a serde type with a stable
+    /// name (see [`EntityState`]).
+    type State: EntityState + Default + Clone + PartialEq + std::fmt::Debug + Unpin + 'static;
 
     /// The entity's id, its primary key in the store (1 to 255 bytes, no NUL).
     fn persistence_id(&self) -> &str;
@@ -145,7 +228,8 @@ pub enum CommandError<E> {
     /// entity has reloaded the stored state; the command may be sent again.
     #[error("{0}; the entity reloaded the stored state")]
     Conflict(Error),
-    /// Persisting the new state failed (database down, timeout...).
+    /// Persisting the new state failed (database down, timeout, a state that cannot be
+    /// encoded...).
     #[error("persisting the new state failed: {0}")]
     Store(Error),
     /// The entity could not load its state from the store, so it did not handle the command.
