@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use crate::config::Checked;
-use crate::error::Error;
 use crate::messages::WriteOutcome;
 use crate::pool::Connections;
-use crate::queue::{Admission, Queue, Reply, answer};
-use crate::repository::{Read, Repository, Write};
+use crate::queue::{Admission, Queue, Reply, Respond, answer};
+use crate::repository::{Read, ReadReply, Repository, Write};
 use crate::state::{DurableState, RowFormat, StateRow, validate_persistence_id};
 
 /// The queues and the repository of one store. Dropping it closes the queues: workers finish
@@ -73,14 +72,16 @@ impl Engine {
         }
     }
 
-    /// Validates the id and queues the read, as [`Engine::write`] does.
-    pub(crate) fn get(
+    /// Queues the tombstone of `persistence_id` at `version` as a write: deletes are
+    /// version-checked and group-committed exactly as writes are.
+    pub(crate) fn delete(
         &self,
         persistence_id: String,
-        reply: Reply<Option<DurableState>>,
+        version: u64,
+        reply: Reply<WriteOutcome>,
     ) -> Option<Admission> {
-        match validate_persistence_id(&persistence_id) {
-            Ok(()) => self.reads.submit(persistence_id, reply),
+        match StateRow::tombstone(persistence_id, version) {
+            Ok(row) => self.writes.submit(row, reply),
             Err(invalid) => {
                 answer(reply, Err(invalid.into()));
                 None
@@ -88,11 +89,18 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn ping(&self) -> Result<(), Error> {
-        self.repository.ping().await
+    /// Validates the id and queues the read, as [`Engine::write`] does.
+    pub(crate) fn get(&self, persistence_id: String, reply: ReadReply) -> Option<Admission> {
+        match validate_persistence_id(&persistence_id) {
+            Ok(()) => self.reads.submit(persistence_id, reply),
+            Err(invalid) => {
+                reply.respond(Err(invalid.into()));
+                None
+            }
+        }
     }
 
-    pub(crate) async fn create_schema(&self) -> Result<(), Error> {
-        self.repository.create_schema().await
+    pub(crate) fn repository(&self) -> &Repository {
+        &self.repository
     }
 }

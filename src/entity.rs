@@ -13,58 +13,116 @@ use actix::{
 
 use crate::behavior::{CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand};
 use crate::error::Error;
-use crate::messages::{GetLatestState, WriteOutcome, WriteState};
+use crate::handle::DurableStore;
+use crate::messages::{DeleteState, GetRevision, Revision, WriteOutcome, WriteState};
 use crate::state::DurableState;
 
-/// Where an entity reads and writes its state: any actor answering [`WriteState`] and
-/// [`GetLatestState`] — a [`DurableStoreActor`](crate::DurableStoreActor), a
+/// Where an entity reads and writes its state: a [`DurableStore`] handle (its queues are
+/// reached directly, with no mailbox hop), or any actor answering [`WriteState`],
+/// [`DeleteState`] and [`GetRevision`] — a [`DurableStoreActor`](crate::DurableStoreActor), a
 /// [`MemoryStore`](crate::MemoryStore), or your own.
 #[derive(Clone)]
-pub struct StateStore {
-    write: Recipient<WriteState>,
-    read: Recipient<GetLatestState>,
+pub struct StateStore(Route);
+
+#[derive(Clone)]
+enum Route {
+    Mailbox {
+        write: Recipient<WriteState>,
+        delete: Recipient<DeleteState>,
+        read: Recipient<GetRevision>,
+    },
+    Direct(DurableStore),
 }
 
 impl fmt::Debug for StateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StateStore").finish_non_exhaustive()
+        let route = match self.0 {
+            Route::Mailbox { .. } => "mailbox",
+            Route::Direct(_) => "direct",
+        };
+        f.debug_struct("StateStore").field("route", &route).finish()
     }
 }
 
 impl<A> From<Addr<A>> for StateStore
 where
-    A: Actor + Handler<WriteState> + Handler<GetLatestState>,
-    A::Context: ToEnvelope<A, WriteState> + ToEnvelope<A, GetLatestState>,
+    A: Actor + Handler<WriteState> + Handler<DeleteState> + Handler<GetRevision>,
+    A::Context: ToEnvelope<A, WriteState> + ToEnvelope<A, DeleteState> + ToEnvelope<A, GetRevision>,
 {
     fn from(addr: Addr<A>) -> Self {
-        StateStore {
+        StateStore(Route::Mailbox {
             write: addr.clone().recipient(),
+            delete: addr.clone().recipient(),
             read: addr.recipient(),
-        }
+        })
+    }
+}
+
+impl From<DurableStore> for StateStore {
+    fn from(store: DurableStore) -> Self {
+        StateStore(Route::Direct(store))
     }
 }
 
 impl StateStore {
-    /// A store from two recipients (e.g. a router in front of several stores).
-    pub fn from_recipients(write: Recipient<WriteState>, read: Recipient<GetLatestState>) -> Self {
-        StateStore { write, read }
+    /// A store from recipients (e.g. a router in front of several stores).
+    pub fn from_recipients(
+        write: Recipient<WriteState>,
+        delete: Recipient<DeleteState>,
+        read: Recipient<GetRevision>,
+    ) -> Self {
+        StateStore(Route::Mailbox {
+            write,
+            delete,
+            read,
+        })
     }
 
     /// Writes a state. A store actor that stopped before answering reads as
     /// [`Error::Interrupted`]: the write may or may not have been applied.
     pub async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
-        self.write
-            .send(WriteState(state))
-            .await
-            .unwrap_or(Err(Error::Interrupted))
+        match &self.0 {
+            Route::Direct(store) => store.write(state).await,
+            Route::Mailbox { write, .. } => write
+                .send(WriteState(state))
+                .await
+                .unwrap_or(Err(Error::Interrupted)),
+        }
     }
 
-    /// Reads the latest state; a store actor that is gone reads as [`Error::NotConnected`].
+    /// Deletes the state at `version`, as [`StateStore::write`] writes one.
+    pub async fn delete(
+        &self,
+        persistence_id: String,
+        version: u64,
+    ) -> Result<WriteOutcome, Error> {
+        match &self.0 {
+            Route::Direct(store) => store.delete(persistence_id, version).await,
+            Route::Mailbox { delete, .. } => delete
+                .send(DeleteState {
+                    persistence_id,
+                    version,
+                })
+                .await
+                .unwrap_or(Err(Error::Interrupted)),
+        }
+    }
+
+    /// Reads the stored version and state; a store actor that is gone reads as
+    /// [`Error::NotConnected`].
+    pub async fn revision(&self, persistence_id: String) -> Result<Revision, Error> {
+        match &self.0 {
+            Route::Direct(store) => store.revision(persistence_id).await,
+            Route::Mailbox { read, .. } => read
+                .send(GetRevision(persistence_id))
+                .await
+                .unwrap_or(Err(Error::NotConnected)),
+        }
+    }
+
+    /// Reads the latest state (`None` when there is none or it was deleted).
     pub async fn get(&self, persistence_id: String) -> Result<Option<DurableState>, Error> {
-        self.read
-            .send(GetLatestState(persistence_id))
-            .await
-            .unwrap_or(Err(Error::NotConnected))
+        Ok(self.revision(persistence_id).await?.state)
     }
 }
 
@@ -243,20 +301,13 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         &self.behavior
     }
 
-    /// Reads and decodes the stored state: `(initial state, 0)` when there is none.
+    /// Reads and decodes the stored state: the initial state at version 0 when there is none,
+    /// and at the tombstone's version when the entity was deleted.
     fn load(&self) -> impl std::future::Future<Output = Result<(B::State, u64), Error>> + 'static {
         let store = self.store.clone();
         let id = self.behavior.persistence_id().to_owned();
         let initial = self.behavior.initial_state();
-        async move {
-            match store.get(id).await? {
-                None => Ok((initial, 0)),
-                Some(stored) => {
-                    let state = B::State::from_durable_state(&stored)?;
-                    Ok((state, stored.version_number))
-                }
-            }
-        }
+        async move { current::<B>(store.revision(id).await?, initial) }
     }
 
     /// Makes sure the entity has its state, trying once to load it if not.
@@ -285,43 +336,49 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             return Box::pin(fut::ready(Err(CommandError::Recovery(Error::NotConnected))));
         };
         let version = *version;
-        let (new_state, reply) = match self.behavior.handle_command(command, state, version) {
-            Err(rejection) => return Box::pin(fut::ready(Err(CommandError::Rejected(rejection)))),
-            Ok(Effect::None { reply }) => return Box::pin(fut::ready(Ok(reply))),
-            Ok(Effect::Persist { state, reply }) => (state, reply),
-        };
         let id = self.behavior.persistence_id().to_owned();
         let next = version + 1;
-        let durable = match new_state.to_durable_state(&id, next) {
-            Ok(durable) => durable.with_shard(self.sharding.shard_of(&id)),
-            // Nothing was written: the state stays the last persisted one.
-            Err(error) => return Box::pin(fut::ready(Err(CommandError::Store(error)))),
+        let (new_state, change, reply) = match self.behavior.handle_command(command, state, version)
+        {
+            Err(rejection) => return Box::pin(fut::ready(Err(CommandError::Rejected(rejection)))),
+            Ok(Effect::None { reply }) => return Box::pin(fut::ready(Ok(reply))),
+            Ok(Effect::Persist { state, reply }) => match state.to_durable_state(&id, next) {
+                Ok(durable) => {
+                    let durable = durable.with_shard(self.sharding.shard_of(&id));
+                    (state, Change::Write(durable), reply)
+                }
+                // Nothing was written: the state stays the last persisted one.
+                Err(error) => return Box::pin(fut::ready(Err(CommandError::Store(error)))),
+            },
+            Ok(Effect::Delete { reply }) => (self.behavior.initial_state(), Change::Delete, reply),
         };
         let store = self.store.clone();
+        let initial = self.behavior.initial_state();
         let write = async move {
-            let conflict = match store.write(durable).await {
+            let stored = match change {
+                Change::Write(durable) => store.write(durable).await,
+                Change::Delete => store.delete(id.clone(), next).await,
+            };
+            let conflict = match stored {
                 Ok(WriteOutcome::Written) => return Ok(()),
-                // This entity never sends a state twice, so a stored identical state was
-                // stored by someone else (another live actor of this id computed the same
-                // state): this command was not applied.
+                // This entity never sends a change twice, so a stored identical state (or
+                // tombstone) was stored by someone else (another live actor of this id made
+                // the same change): this command was not applied.
                 Ok(WriteOutcome::AlreadyStored) => None,
                 Err(conflict @ Error::VersionConflict { .. }) => Some(conflict),
                 Err(error) => return Err(Failure::Store(error)),
             };
             // Someone else owns the newer state: take it, don't fight it.
-            let reloaded = match store.get(id.clone()).await {
-                Ok(Some(stored)) => {
-                    B::State::from_durable_state(&stored).map(|s| Some((s, stored.version_number)))
-                }
-                Ok(None) => Ok(None),
+            let reloaded = match store.revision(id.clone()).await {
+                Ok(revision) => current::<B>(revision, initial),
                 Err(e) => Err(e),
             };
             let conflict = conflict.unwrap_or_else(|| Error::VersionConflict {
                 persistence_id: id,
                 attempted: next,
                 stored: match &reloaded {
-                    Ok(Some((_, version))) => *version,
-                    _ => next,
+                    Ok((_, version)) => *version,
+                    Err(_) => next,
                 },
             });
             Err(Failure::Conflict(conflict, reloaded))
@@ -335,12 +392,9 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                         Ok(reply)
                     }
                     Err(Failure::Conflict(conflict, reloaded)) => {
-                        entity.current = match reloaded {
-                            Ok(Some(current)) => Some(current),
-                            // The row vanished or could not be read: recover again before the next
-                            // command rather than guess.
-                            Ok(None) | Err(_) => None,
-                        };
+                        // A row that could not be read is recovered again before the next
+                        // command rather than guessed.
+                        entity.current = reloaded.ok();
                         Err(CommandError::Conflict(conflict))
                     }
                     Err(Failure::Store(error)) => {
@@ -356,10 +410,28 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
     }
 }
 
+/// The state and version an entity goes on from, given what is stored.
+fn current<B: DurableStateBehavior>(
+    revision: Revision,
+    initial: B::State,
+) -> Result<(B::State, u64), Error> {
+    let state = match &revision.state {
+        Some(stored) => B::State::from_durable_state(stored)?,
+        None => initial,
+    };
+    Ok((state, revision.version))
+}
+
+/// What a command changes in the store.
+enum Change {
+    Write(DurableState),
+    Delete,
+}
+
 /// Why persisting a command's state failed.
 enum Failure<S> {
-    /// Another writer got there first; the stored state as reloaded (`None`: no row).
-    Conflict(Error, Result<Option<(S, u64)>, Error>),
+    /// Another writer got there first; the stored state and version as reloaded.
+    Conflict(Error, Result<(S, u64), Error>),
     /// The store failed; [`Error::outcome_unknown`] says whether the write may have landed.
     Store(Error),
 }

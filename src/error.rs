@@ -164,6 +164,11 @@ pub enum Error {
         source: JsonError,
     },
 
+    /// A [`DurableStore`](crate::DurableStore) was created outside a Tokio runtime, which its
+    /// batching workers need. Create it inside `#[tokio::main]`, `#[actix::main]` or a task.
+    #[error("a durable store must be created inside a Tokio runtime")]
+    NoRuntime,
+
     /// The caller's input was rejected before anything reached the database.
     #[error(transparent)]
     InvalidInput(#[from] InvalidInput),
@@ -205,6 +210,14 @@ pub enum InvalidInput {
         persistence_id: String,
         /// The offending type URL (truncated to 300 bytes).
         type_url: String,
+    },
+    /// A page size outside what a listing accepts.
+    #[error("limit {limit} is out of range: 1 to {max}")]
+    LimitOutOfRange {
+        /// The rejected limit.
+        limit: usize,
+        /// The largest accepted.
+        max: usize,
     },
     /// Versions start at 1.
     #[error("durable state of `{persistence_id}` has version 0; versions start at 1")]

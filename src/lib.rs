@@ -37,6 +37,7 @@ mod config;
 mod engine;
 mod entity;
 mod error;
+mod handle;
 #[cfg(feature = "serde")]
 mod json;
 mod memory;
@@ -60,14 +61,16 @@ pub use crate::entity::{DurableEntity, Passivate, RecoveryPolicy, Sharding, Stat
 #[cfg(feature = "serde")]
 pub use crate::error::JsonError;
 pub use crate::error::{Error, InvalidInput, PgError};
+pub use crate::handle::DurableStore;
 #[cfg(feature = "serde")]
 pub use crate::json::{Json, JsonState};
 pub use crate::memory::MemoryStore;
 pub use crate::messages::{
-    CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState,
+    CreateSchema, CurrentStates, DeleteState, Disconnect, GetLatestState, GetRevision,
+    ListPersistenceIds, Ping, PurgeDeleted, Revision, WriteOutcome, WriteState,
 };
 pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN, RowFormat};
-pub use crate::store::{DurableStoreActor, Enqueue};
+pub use crate::store::{DurableStoreActor, Enqueue, Queued};
 pub use crate::tls::{PoolTls, SslMode};
 
 /// The DDL of the table, exactly as shipped in `resources/durablestore_postgres.sql`.

@@ -43,6 +43,8 @@ pub(crate) trait Kind: Send + 'static {
     type Input: Send + 'static;
     /// What a request is answered on success.
     type Output: Send + 'static;
+    /// Where its answer goes: usually a [`Reply`] of [`Kind::Output`].
+    type Reply: Respond<Self::Output>;
 
     /// The bytes a request adds to a batch.
     fn bytes(input: &Self::Input) -> usize;
@@ -51,16 +53,34 @@ pub(crate) trait Kind: Send + 'static {
     fn answered(_input: &Self::Input, _result: &Result<Self::Output, Error>, _queued: Instant) {}
 }
 
+/// Where an answer goes.
+pub(crate) trait Respond<T>: Send + 'static {
+    /// Sends the answer, if the caller still waits.
+    fn respond(self, result: Result<T, Error>);
+    /// True when the caller stopped waiting: the request need not be sent.
+    fn is_closed(&self) -> bool;
+}
+
+impl<T: Send + 'static> Respond<T> for Reply<T> {
+    fn respond(self, result: Result<T, Error>) {
+        answer(self, result);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.as_ref().is_some_and(|reply| reply.is_closed())
+    }
+}
+
 /// A request admitted into a queue, with the caller's reply channel.
 pub(crate) struct Pending<K: Kind> {
     pub(crate) input: K::Input,
-    reply: Reply<K::Output>,
+    reply: K::Reply,
     queued: Instant,
     _slot: Slot,
 }
 
 impl<K: Kind> Pending<K> {
-    pub(crate) fn new(input: K::Input, reply: Reply<K::Output>) -> Self {
+    pub(crate) fn new(input: K::Input, reply: K::Reply) -> Self {
         Pending {
             input,
             reply,
@@ -72,12 +92,12 @@ impl<K: Kind> Pending<K> {
     /// Answers the caller, if it still waits.
     pub(crate) fn answer(self, result: Result<K::Output, Error>) {
         K::answered(&self.input, &result, self.queued);
-        answer(self.reply, result);
+        self.reply.respond(result);
     }
 
     /// True when the caller stopped waiting for the answer: the request need not be sent.
     fn abandoned(&self) -> bool {
-        self.reply.as_ref().is_some_and(|reply| reply.is_closed())
+        self.reply.is_closed()
     }
 }
 
@@ -133,7 +153,7 @@ impl<K: Kind> Queue<K> {
     /// the submitter must wait for that future before submitting anything else, so the store holds
     /// at most `capacity` queued requests however they are sent. A closed queue (a
     /// disconnected store) answers [`Error::NotConnected`].
-    pub(crate) fn submit(&self, input: K::Input, reply: Reply<K::Output>) -> Option<Admission> {
+    pub(crate) fn submit(&self, input: K::Input, reply: K::Reply) -> Option<Admission> {
         match self.sender.try_send(Pending::new(input, reply)) {
             Ok(()) => None,
             Err(TrySendError::Closed(request)) => {
@@ -218,6 +238,7 @@ mod tests {
         const NAME: &'static str = "echo";
         type Input = usize;
         type Output = usize;
+        type Reply = Reply<usize>;
 
         fn bytes(input: &usize) -> usize {
             *input

@@ -15,10 +15,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::config::{Checked, VersionCheck};
-use crate::error::Error;
-use crate::messages::WriteOutcome;
+use crate::error::{Error, InvalidInput};
+use crate::messages::{Revision, WriteOutcome};
 use crate::pool::{Connections, PooledClient};
-use crate::queue::{Kind, Pending};
+use crate::queue::{Kind, Pending, Reply, Respond};
 use crate::sql::{Sql, Stmt};
 use crate::state::{DurableState, StateRow};
 use crate::telemetry::outcome_name;
@@ -31,6 +31,7 @@ impl Kind for Write {
     const NAME: &'static str = "write";
     type Input = StateRow;
     type Output = WriteOutcome;
+    type Reply = Reply<WriteOutcome>;
 
     fn bytes(row: &StateRow) -> usize {
         row.state_payload.len() + row.persistence_id.len()
@@ -58,18 +59,45 @@ impl Kind for Write {
     }
 }
 
-/// A read of one entity's latest state, by its (validated) id.
+/// A read of one entity's stored revision, by its (validated) id.
 pub(crate) struct Read;
 
 impl Kind for Read {
     const NAME: &'static str = "read";
     type Input = String;
-    type Output = Option<DurableState>;
+    type Output = Revision;
+    type Reply = ReadReply;
 
     fn bytes(persistence_id: &String) -> usize {
         persistence_id.len()
     }
 }
+
+/// Who waits for a read: a caller of the latest state (`GetLatestState`), or of the whole
+/// revision (`GetRevision`, entities). Both kinds are batched together.
+pub(crate) enum ReadReply {
+    State(Reply<Option<DurableState>>),
+    Revision(Reply<Revision>),
+}
+
+impl Respond<Revision> for ReadReply {
+    fn respond(self, result: Result<Revision, Error>) {
+        match self {
+            ReadReply::State(reply) => reply.respond(result.map(|revision| revision.state)),
+            ReadReply::Revision(reply) => reply.respond(result),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            ReadReply::State(reply) => reply.is_closed(),
+            ReadReply::Revision(reply) => reply.is_closed(),
+        }
+    }
+}
+
+/// The largest page a listing returns.
+pub(crate) const MAX_PAGE: usize = 10_000;
 
 /// The statements of one table, run on pooled connections.
 #[derive(Debug)]
@@ -270,8 +298,11 @@ impl Repository {
         };
         for pending in batch {
             let result = match found.get(pending.input.as_str()) {
-                None => Ok(None),
-                Some(row) => row.clone().and_then(|row| row.decode().map(Some)),
+                None => Ok(Revision {
+                    version: 0,
+                    state: None,
+                }),
+                Some(row) => row.clone().and_then(StateRow::into_revision),
             };
             pending.answer(result);
         }
@@ -295,6 +326,74 @@ impl Repository {
             found.insert(id, read_row(row));
         }
         Ok(found)
+    }
+
+    /// Up to `limit` ids after `after`, tombstones excluded.
+    pub(crate) async fn list_ids(&self, after: &str, limit: usize) -> Result<Vec<String>, Error> {
+        let limit = page_limit(limit)?;
+        let client = self.checkout().await?;
+        let rows = client
+            .query(
+                &self.sql,
+                Stmt::ListIds,
+                &[(&after, Type::TEXT), (&limit, Type::INT8)],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get(0).map_err(Error::database))
+            .collect()
+    }
+
+    /// Up to `limit` states after `after`, of `shard` unless `None`, tombstones excluded.
+    pub(crate) async fn current_states(
+        &self,
+        shard: Option<u64>,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<DurableState>, Error> {
+        let limit = page_limit(limit)?;
+        // A shard beyond BIGINT cannot be stored, so no row has it.
+        let Ok(shard) = shard.map(i64::try_from).transpose() else {
+            return Ok(Vec::new());
+        };
+        let client = self.checkout().await?;
+        let rows = client
+            .query(
+                &self.sql,
+                Stmt::CurrentStates,
+                &[
+                    (&after, Type::TEXT),
+                    (&shard, Type::INT8),
+                    (&limit, Type::INT8),
+                ],
+            )
+            .await?;
+        rows.iter().map(|row| read_row(row)?.decode()).collect()
+    }
+
+    /// Removes the tombstones stamped before `before` (Unix ms); how many were removed.
+    pub(crate) async fn purge_deleted(&self, before: i64) -> Result<u64, Error> {
+        let client = self.checkout().await?;
+        let rows = client
+            .query(&self.sql, Stmt::PurgeDeleted, &[(&before, Type::INT8)])
+            .await?;
+        let purged: i64 = match rows.first() {
+            Some(row) => row.try_get(0).map_err(Error::database)?,
+            None => 0,
+        };
+        Ok(u64::try_from(purged).unwrap_or(0))
+    }
+}
+
+/// Checks a page size; as the `LIMIT` parameter.
+pub(crate) fn page_limit(limit: usize) -> Result<i64, Error> {
+    match limit {
+        1..=MAX_PAGE => Ok(limit as i64),
+        _ => Err(InvalidInput::LimitOutOfRange {
+            limit,
+            max: MAX_PAGE,
+        }
+        .into()),
     }
 }
 

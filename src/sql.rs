@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::config::{Checked, Config};
 use crate::error::{InvalidInput, truncate};
+use crate::state::TOMBSTONE_MANIFEST;
 
 /// PostgreSQL's limit on identifier length (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_LEN: usize = 63;
@@ -86,10 +87,13 @@ pub(crate) enum Stmt {
     WriteChecked = 0,
     WriteUnchecked = 1,
     Select = 2,
+    ListIds = 3,
+    CurrentStates = 4,
+    PurgeDeleted = 5,
 }
 
 impl Stmt {
-    pub(crate) const COUNT: usize = 3;
+    pub(crate) const COUNT: usize = 6;
 }
 
 /// The statements of one store.
@@ -108,6 +112,14 @@ pub(crate) struct Sql {
     pub write_unchecked: String,
     /// The stored rows of the ids in `$1::text[]`.
     pub select: String,
+    /// Up to `$2` ids after `$1`, in id order, tombstones excluded: an index scan of the
+    /// primary key.
+    pub list_ids: String,
+    /// Up to `$3` rows after `$1`, in id order, of shard `$2` unless it is NULL, tombstones
+    /// excluded: an index scan of the primary key, the shard a filter.
+    pub current_states: String,
+    /// Removes the tombstones stamped before `$1` (Unix ms); returns how many.
+    pub purge_deleted: String,
     /// The DDL for this schema and table; one implicit transaction, serialized by an advisory
     /// lock so concurrent creators don't race in the catalog.
     pub create: String,
@@ -123,6 +135,9 @@ impl Sql {
             Stmt::WriteChecked => &self.write_checked,
             Stmt::WriteUnchecked => &self.write_unchecked,
             Stmt::Select => &self.select,
+            Stmt::ListIds => &self.list_ids,
+            Stmt::CurrentStates => &self.current_states,
+            Stmt::PurgeDeleted => &self.purge_deleted,
         }
     }
 
@@ -159,6 +174,19 @@ ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
 RETURNING s.persistence_id"#
         );
         let select = format!("SELECT {COLUMNS} FROM {t} WHERE persistence_id = ANY($1::text[])");
+        let live = format!("state_manifest <> '{TOMBSTONE_MANIFEST}'");
+        let list_ids = format!(
+            "SELECT persistence_id FROM {t} WHERE persistence_id > $1::text AND {live} \
+             ORDER BY persistence_id LIMIT $2::int8"
+        );
+        let current_states = format!(
+            "SELECT {COLUMNS} FROM {t} WHERE persistence_id > $1::text AND {live} \
+             AND ($2::int8 IS NULL OR shard_number = $2::int8) ORDER BY persistence_id LIMIT $3::int8"
+        );
+        let purge_deleted = format!(
+            "WITH purged AS (DELETE FROM {t} WHERE state_manifest = '{TOMBSTONE_MANIFEST}' \
+             AND \"timestamp\" < $1::int8 RETURNING 1) SELECT count(*) FROM purged"
+        );
 
         let index = Identifier::parse("index", &format!("idx_{}_version_number", table.as_str()))
             .map(|i| i.quoted())
@@ -189,6 +217,9 @@ RETURNING s.persistence_id"#
             write_checked,
             write_unchecked,
             select,
+            list_ids,
+            current_states,
+            purge_deleted,
             create,
         }
     }

@@ -6,6 +6,7 @@ use prost::{Message, Name};
 use prost_types::Any;
 
 use crate::error::{Error, InvalidInput, truncate};
+use crate::messages::Revision;
 
 /// Longest persistence id, in characters: the column is `VARCHAR(255)`, which PostgreSQL counts
 /// in characters, so an id of 200 non-ASCII characters written by the Go store is valid here too.
@@ -20,6 +21,12 @@ const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 
 /// Manifest of rows in eGo's Go store format: the payload is a serialized `Any`.
 const ANY_MANIFEST: &str = "google.protobuf.Any";
+
+/// Manifest of a tombstone: the row of a deleted entity, with an empty payload, kept so its
+/// version sequence goes on. Neither a protobuf name nor a JSON state name (both exclude `/`),
+/// so no state can be mistaken for it; eGo's Go reader finds no such message type and fails
+/// with "proto: not found".
+pub(crate) const TOMBSTONE_MANIFEST: &str = "durablestore/deleted";
 
 /// Characters no protobuf full name contains. A JSON state name needs at least one, so a
 /// row's manifest alone tells a JSON payload from a protobuf one, and no JSON name can be
@@ -330,6 +337,53 @@ impl StateRow {
         })
     }
 
+    /// The tombstone of `persistence_id` at `version`: no payload, no shard, stamped now.
+    pub(crate) fn tombstone(persistence_id: String, version: u64) -> Result<Self, InvalidInput> {
+        validate_persistence_id(&persistence_id)?;
+        if version == 0 {
+            return Err(InvalidInput::VersionZero { persistence_id });
+        }
+        let Ok(version_number) = i64::try_from(version) else {
+            return Err(InvalidInput::OutOfRange {
+                persistence_id,
+                field: "version_number",
+                value: version,
+            });
+        };
+        Ok(StateRow {
+            persistence_id,
+            version_number,
+            state_payload: Vec::new(),
+            state_manifest: TOMBSTONE_MANIFEST.to_owned(),
+            timestamp: now_millis(),
+            shard_number: 0,
+        })
+    }
+
+    /// True for the row of a deleted entity.
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.state_manifest == TOMBSTONE_MANIFEST
+    }
+
+    /// The stored version and, unless the row is a tombstone, the state.
+    pub(crate) fn into_revision(self) -> Result<Revision, Error> {
+        if self.is_tombstone() {
+            let version = u64::try_from(self.version_number).map_err(|_| Error::CorruptState {
+                persistence_id: self.persistence_id.clone(),
+                reason: format!("negative version_number {}", self.version_number),
+            })?;
+            return Ok(Revision {
+                version,
+                state: None,
+            });
+        }
+        let state = self.decode()?;
+        Ok(Revision {
+            version: state.version_number,
+            state: Some(state),
+        })
+    }
+
     /// Rejects a row whose payload is larger than `max` bytes.
     pub(crate) fn check_size(self, max: usize) -> Result<Self, InvalidInput> {
         if self.state_payload.len() > max {
@@ -357,9 +411,12 @@ impl StateRow {
         }
     }
 
-    /// The state as an `Any`, from any layout; `None` for a row that does not decode.
+    /// The state as an `Any`, from any layout; `None` for a tombstone or a row that does not
+    /// decode.
     fn any(&self) -> Option<Any> {
-        if self.state_manifest == ANY_MANIFEST {
+        if self.is_tombstone() {
+            None
+        } else if self.state_manifest == ANY_MANIFEST {
             Any::decode(self.state_payload.as_slice()).ok()
         } else if is_json_name(&self.state_manifest) {
             Some(Any {

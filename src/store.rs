@@ -1,26 +1,29 @@
-//! The store actor and the database work behind its messages.
+//! The store actor: the messages of a [`DurableStore`], answered from an actix mailbox.
 
 use std::fmt;
-use std::sync::Arc;
 
 use actix::dev::{MessageResponse, OneshotSender};
-use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture, fut};
+use actix::{Actor, AsyncContext, Context, Handler, Message, ResponseFuture, fut};
 use bb8_postgres::PostgresConnectionManager;
 
 use crate::config::{Checked, Config, PoolOwner};
-use crate::engine::Engine;
 use crate::error::Error;
-use crate::messages::{CreateSchema, Disconnect, GetLatestState, Ping, WriteOutcome, WriteState};
+use crate::handle::DurableStore;
+use crate::messages::{
+    CreateSchema, CurrentStates, DeleteState, Disconnect, GetLatestState, GetRevision,
+    ListPersistenceIds, Ping, PurgeDeleted, WriteState,
+};
 use crate::pool::Connections;
-use crate::queue::{Admission, Reply, answer};
-use crate::state::DurableState;
-use crate::telemetry::instrumented;
+use crate::queue::Admission;
+use crate::repository::ReadReply;
 use crate::tls::PoolTls;
 
 /// An actix actor that keeps the latest state of each entity in PostgreSQL.
 ///
-/// It answers [`WriteState`], [`GetLatestState`], [`Ping`], [`CreateSchema`] and
-/// [`Disconnect`]. Its mailbox never waits on the database: a write or read goes straight into
+/// It answers [`WriteState`], [`GetLatestState`], [`DeleteState`], [`GetRevision`],
+/// [`ListPersistenceIds`], [`CurrentStates`], [`PurgeDeleted`], [`Ping`], [`CreateSchema`] and
+/// [`Disconnect`], by handing them to a [`DurableStore`] (the same engine as a plain async
+/// handle). Its mailbox never waits on the database: a write or read goes straight into
 /// a bounded queue served by `max_connections` workers, with the caller's reply channel
 /// (see [`Enqueue`]); when that queue is full the actor takes no message until there is room,
 /// so the memory it holds stays bounded however the messages are sent. A worker with nothing to do
@@ -35,7 +38,9 @@ use crate::tls::PoolTls;
 ///
 /// The pool is either owned (built from a [`Config`] by [`DurableStoreActor::new`], closed
 /// when the actor stops or on [`Disconnect`]) or borrowed (a caller's pool given to
-/// [`DurableStoreActor::with_pool`], never closed by the actor).
+/// [`DurableStoreActor::with_pool`], never closed by the actor). An actor made from a
+/// [`DurableStore`] (`DurableStoreActor::from(store)`) shares that store's engine and pool and
+/// never closes them.
 ///
 /// ```no_run
 /// use actix::Actor;
@@ -51,15 +56,18 @@ use crate::tls::PoolTls;
 /// ```
 #[derive(Debug)]
 pub struct DurableStoreActor {
-    checked: Checked,
     origin: Origin,
-    engine: Option<Arc<Engine>>,
+    /// `None` before `started` and after a disconnect.
+    store: Option<DurableStore>,
 }
 
+/// Where the actor's store comes from, so that [`Ping`] can connect again after a
+/// [`Disconnect`].
 #[derive(Debug)]
 enum Origin {
-    Owned,
-    Borrowed(Connections),
+    Owned(Box<Checked>),
+    Borrowed(Box<Checked>, Connections),
+    Shared(DurableStore),
 }
 
 impl DurableStoreActor {
@@ -70,10 +78,10 @@ impl DurableStoreActor {
     /// [`Error::InvalidConfig`] listing every setting that cannot work (no host or user, an
     /// invalid table name, zero pool size, an unreadable certificate...).
     pub fn new(config: Config) -> Result<Self, Error> {
+        let checked = config.check(PoolOwner::Store)?;
         Ok(DurableStoreActor {
-            checked: config.check(PoolOwner::Store)?,
-            origin: Origin::Owned,
-            engine: None,
+            origin: Origin::Owned(Box::new(checked)),
+            store: None,
         })
     }
 
@@ -92,29 +100,42 @@ impl DurableStoreActor {
         let connections = Connections::borrow(pool, checked.config.statement_timeout);
         // The workers start with the actor (`started`), inside its runtime.
         Ok(DurableStoreActor {
-            checked,
-            origin: Origin::Borrowed(connections),
-            engine: None,
+            origin: Origin::Borrowed(Box::new(checked), connections),
+            store: None,
         })
     }
 
-    /// The engine to run a message on, or [`Error::NotConnected`] after a disconnect.
-    fn engine(&self) -> Result<Arc<Engine>, Error> {
-        self.engine.clone().ok_or(Error::NotConnected)
+    /// The store to run a message on, or [`Error::NotConnected`] after a disconnect.
+    fn store(&self) -> Result<DurableStore, Error> {
+        self.store.clone().ok_or(Error::NotConnected)
     }
 
-    /// The engine, started (with its pool, when owned) if it is not running.
-    fn connect(&mut self) -> Arc<Engine> {
-        if let Some(engine) = &self.engine {
-            return engine.clone();
+    /// The store, started (with its pool, when owned) if it is not running.
+    fn connect(&mut self) -> DurableStore {
+        if let Some(store) = &self.store {
+            return store.clone();
         }
-        let connections = match &self.origin {
-            Origin::Owned => Connections::build(&self.checked),
-            Origin::Borrowed(connections) => connections.clone(),
+        let store = match &self.origin {
+            Origin::Owned(checked) => {
+                DurableStore::start(Connections::build(checked), (**checked).clone())
+            }
+            Origin::Borrowed(checked, connections) => {
+                DurableStore::start(connections.clone(), (**checked).clone())
+            }
+            Origin::Shared(store) => store.clone(),
         };
-        let engine = Arc::new(Engine::start(connections, &self.checked));
-        self.engine = Some(engine.clone());
-        engine
+        self.store = Some(store.clone());
+        store
+    }
+}
+
+impl From<DurableStore> for DurableStoreActor {
+    /// An actor answering the messages with `store`'s engine; [`Disconnect`] only detaches it.
+    fn from(store: DurableStore) -> Self {
+        DurableStoreActor {
+            origin: Origin::Shared(store),
+            store: None,
+        }
     }
 }
 
@@ -128,19 +149,19 @@ impl Actor for DurableStoreActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.engine = None;
+        self.store = None;
     }
 }
 
-/// How [`DurableStoreActor`] answers [`WriteState`] and [`GetLatestState`]: the request goes
-/// straight into the batching queue together with the caller's reply channel, and a worker
-/// answers it; no task or future is created per message. When the queue is full, the actor
-/// stops taking messages until there is room, so the mailbox (bounded for `send`) holds the
-/// rest.
+/// How [`DurableStoreActor`] answers the messages that go to its queues ([`WriteState`],
+/// [`DeleteState`], [`GetLatestState`], [`GetRevision`]): the request goes straight into the
+/// batching queue together with the caller's reply channel, and a worker answers it; no task
+/// or future is created per message. When the queue is full, the actor stops taking messages
+/// until there is room, so the mailbox (bounded for `send`) holds the rest.
 ///
 /// Returned by the handlers; there is nothing to do with it.
 pub struct Enqueue<M> {
-    engine: Result<Arc<Engine>, Error>,
+    store: Result<DurableStore, Error>,
     message: M,
 }
 
@@ -150,65 +171,115 @@ impl<M> fmt::Debug for Enqueue<M> {
     }
 }
 
-impl MessageResponse<DurableStoreActor, WriteState> for Enqueue<WriteState> {
-    fn handle(
+/// A message that goes straight into a store's queues (see [`Enqueue`]). Implemented by
+/// [`WriteState`], [`DeleteState`], [`GetLatestState`] and [`GetRevision`]; sealed.
+pub trait Queued: Message + Sized + sealed::Sealed {
+    /// Submits the message with its reply channel.
+    #[doc(hidden)]
+    fn submit(
         self,
-        ctx: &mut Context<DurableStoreActor>,
-        tx: Option<OneshotSender<Result<WriteOutcome, Error>>>,
-    ) {
-        enqueue(self.engine, ctx, tx, |engine, tx| {
-            engine.write(self.message.0, tx)
-        });
+        store: &DurableStore,
+        reply: Option<OneshotSender<Self::Result>>,
+    ) -> Option<Admission>;
+
+    /// The answer to a message that could not be submitted.
+    #[doc(hidden)]
+    fn refused(error: Error) -> Self::Result;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::WriteState {}
+    impl Sealed for crate::DeleteState {}
+    impl Sealed for crate::GetLatestState {}
+    impl Sealed for crate::GetRevision {}
+}
+
+impl Queued for WriteState {
+    fn submit(
+        self,
+        store: &DurableStore,
+        reply: Option<OneshotSender<Self::Result>>,
+    ) -> Option<Admission> {
+        store.engine().write(self.0, reply)
+    }
+
+    fn refused(error: Error) -> Self::Result {
+        Err(error)
     }
 }
 
-impl MessageResponse<DurableStoreActor, GetLatestState> for Enqueue<GetLatestState> {
-    fn handle(
+impl Queued for DeleteState {
+    fn submit(
         self,
-        ctx: &mut Context<DurableStoreActor>,
-        tx: Option<OneshotSender<Result<Option<DurableState>, Error>>>,
-    ) {
-        enqueue(self.engine, ctx, tx, |engine, tx| {
-            engine.get(self.message.0, tx)
-        });
+        store: &DurableStore,
+        reply: Option<OneshotSender<Self::Result>>,
+    ) -> Option<Admission> {
+        store
+            .engine()
+            .delete(self.persistence_id, self.version, reply)
+    }
+
+    fn refused(error: Error) -> Self::Result {
+        Err(error)
     }
 }
 
-/// Submits a request to `engine` (or answers `tx` with why there is none); when its queue is
-/// full, the actor waits for room before its next message.
-fn enqueue<T>(
-    engine: Result<Arc<Engine>, Error>,
-    ctx: &mut Context<DurableStoreActor>,
-    tx: Reply<T>,
-    submit: impl FnOnce(&Engine, Reply<T>) -> Option<Admission>,
-) {
-    match engine {
-        Ok(engine) => {
-            if let Some(admission) = submit(&engine, tx) {
-                ctx.wait(fut::wrap_future(admission));
+impl Queued for GetLatestState {
+    fn submit(
+        self,
+        store: &DurableStore,
+        reply: Option<OneshotSender<Self::Result>>,
+    ) -> Option<Admission> {
+        store.engine().get(self.0, ReadReply::State(reply))
+    }
+
+    fn refused(error: Error) -> Self::Result {
+        Err(error)
+    }
+}
+
+impl Queued for GetRevision {
+    fn submit(
+        self,
+        store: &DurableStore,
+        reply: Option<OneshotSender<Self::Result>>,
+    ) -> Option<Admission> {
+        store.engine().get(self.0, ReadReply::Revision(reply))
+    }
+
+    fn refused(error: Error) -> Self::Result {
+        Err(error)
+    }
+}
+
+impl<M: Queued + 'static> MessageResponse<DurableStoreActor, M> for Enqueue<M> {
+    fn handle(self, ctx: &mut Context<DurableStoreActor>, tx: Option<OneshotSender<M::Result>>) {
+        match self.store {
+            Ok(store) => {
+                // When the queue is full, the actor waits for room before its next message.
+                if let Some(admission) = self.message.submit(&store, tx) {
+                    ctx.wait(fut::wrap_future(admission));
+                }
+            }
+            Err(error) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(M::refused(error));
+                }
             }
         }
-        Err(error) => answer(tx, Err(error)),
     }
 }
 
-impl Handler<WriteState> for DurableStoreActor {
-    type Result = Enqueue<WriteState>;
+impl<M: Queued + 'static> Handler<M> for DurableStoreActor
+where
+    Enqueue<M>: MessageResponse<DurableStoreActor, M>,
+{
+    type Result = Enqueue<M>;
 
-    fn handle(&mut self, message: WriteState, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, message: M, _ctx: &mut Self::Context) -> Self::Result {
         Enqueue {
-            engine: self.engine(),
-            message,
-        }
-    }
-}
-
-impl Handler<GetLatestState> for DurableStoreActor {
-    type Result = Enqueue<GetLatestState>;
-
-    fn handle(&mut self, message: GetLatestState, _ctx: &mut Self::Context) -> Self::Result {
-        Enqueue {
-            engine: self.engine(),
+            store: self.store(),
             message,
         }
     }
@@ -218,9 +289,8 @@ impl Handler<Ping> for DurableStoreActor {
     type Result = ResponseFuture<Result<(), Error>>;
 
     fn handle(&mut self, _: Ping, _ctx: &mut Self::Context) -> Self::Result {
-        let span = tracing::debug_span!("durable_store.ping", outcome = tracing::field::Empty);
-        let engine = self.connect();
-        Box::pin(instrumented(span, async move { engine.ping().await }))
+        let store = self.connect();
+        Box::pin(async move { store.ping().await })
     }
 }
 
@@ -228,17 +298,43 @@ impl Handler<CreateSchema> for DurableStoreActor {
     type Result = ResponseFuture<Result<(), Error>>;
 
     fn handle(&mut self, _: CreateSchema, _ctx: &mut Self::Context) -> Self::Result {
-        let span = tracing::info_span!(
-            "durable_store.create_schema",
-            schema = self.checked.schema.as_str(),
-            table = self.checked.table.as_str(),
-            outcome = tracing::field::Empty,
-        );
-        let engine = self.engine();
-        Box::pin(instrumented(
-            span,
-            async move { engine?.create_schema().await },
-        ))
+        let store = self.store();
+        Box::pin(async move { store?.create_schema().await })
+    }
+}
+
+impl Handler<PurgeDeleted> for DurableStoreActor {
+    type Result = ResponseFuture<Result<u64, Error>>;
+
+    fn handle(&mut self, msg: PurgeDeleted, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store();
+        Box::pin(async move { store?.purge_deleted(msg.older_than).await })
+    }
+}
+
+impl Handler<ListPersistenceIds> for DurableStoreActor {
+    type Result = ResponseFuture<Result<Vec<String>, Error>>;
+
+    fn handle(&mut self, msg: ListPersistenceIds, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store();
+        Box::pin(async move {
+            store?
+                .list_persistence_ids(msg.after.as_deref(), msg.limit)
+                .await
+        })
+    }
+}
+
+impl Handler<CurrentStates> for DurableStoreActor {
+    type Result = ResponseFuture<Result<Vec<crate::DurableState>, Error>>;
+
+    fn handle(&mut self, msg: CurrentStates, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store();
+        Box::pin(async move {
+            store?
+                .current_states(msg.shard, msg.after.as_deref(), msg.limit)
+                .await
+        })
     }
 }
 
@@ -246,6 +342,6 @@ impl Handler<Disconnect> for DurableStoreActor {
     type Result = ();
 
     fn handle(&mut self, _: Disconnect, _ctx: &mut Self::Context) {
-        self.engine = None;
+        self.store = None;
     }
 }

@@ -30,6 +30,13 @@ impl Outcome for () {
     }
 }
 
+/// A count (e.g. of purged tombstones) is recorded as a plain success.
+impl Outcome for u64 {
+    fn name(&self) -> &'static str {
+        "ok"
+    }
+}
+
 /// The name of a result, the same in metrics labels and tracing fields: the success's own
 /// name, `conflict` for a version conflict, `error` for any other error.
 pub(crate) fn outcome_name<T: Outcome>(result: &Result<T, Error>) -> &'static str {

@@ -2,6 +2,7 @@
 //!
 //! The scenarios that need no failure injection run on both backends from one body.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -128,31 +129,6 @@ async fn written_states_carry_timestamp_and_shard(store: StateStore) {
         Sharding::Hashed { shards: 4 }.shard_of("sharded")
     );
     assert!(stored.timestamp >= before, "timestamp is the write time");
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            use actix::Actor;
-            $(
-                #[actix::test]
-                async fn $scenario() {
-                    let store = durablestore_postgres::MemoryStore::default().start();
-                    super::$scenario(store.into()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[actix::test]
-                async fn $scenario() {
-                    let (db, store) = crate::common::store().await;
-                    super::$scenario(store.into()).await;
-                    db.cleanup().await.unwrap();
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -9,9 +9,9 @@ use actix::{Actor, Arbiter, Context, Handler, Message};
 use common::{AccountState, account, state, store, store_with};
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::{
-    CommandError, Config, DurableEntity, DurableState, DurableStateBehavior, DurableStoreActor,
-    Effect, Error, GetLatestState, HandleCommand, MemoryStore, RowFormat, SslMode, StateStore,
-    VersionCheck, WriteOutcome, WriteState,
+    CommandError, Config, DeleteState, DurableEntity, DurableStateBehavior, DurableStoreActor,
+    Effect, Error, GetLatestState, GetRevision, HandleCommand, MemoryStore, Revision, RowFormat,
+    SslMode, StateStore, VersionCheck, WriteOutcome, WriteState,
 };
 use futures_util::future::join_all;
 use prost::{Message as _, Name};
@@ -116,9 +116,17 @@ impl Handler<WriteState> for LostAnswer {
     }
 }
 
-impl Handler<GetLatestState> for LostAnswer {
-    type Result = actix::ResponseFuture<Result<Option<DurableState>, Error>>;
-    fn handle(&mut self, msg: GetLatestState, _: &mut Self::Context) -> Self::Result {
+impl Handler<GetRevision> for LostAnswer {
+    type Result = actix::ResponseFuture<Result<Revision, Error>>;
+    fn handle(&mut self, msg: GetRevision, _: &mut Self::Context) -> Self::Result {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.send(msg).await.unwrap() })
+    }
+}
+
+impl Handler<DeleteState> for LostAnswer {
+    type Result = actix::ResponseFuture<Result<WriteOutcome, Error>>;
+    fn handle(&mut self, msg: DeleteState, _: &mut Self::Context) -> Self::Result {
         let inner = self.inner.clone();
         Box::pin(async move { inner.send(msg).await.unwrap() })
     }

@@ -2,6 +2,7 @@
 //! and against `MemoryStore`, which must answer alike.
 #![cfg(feature = "serde")]
 
+#[macro_use]
 mod common;
 
 #[allow(dead_code)] // `main` runs only as the example binary
@@ -313,31 +314,6 @@ async fn entity_recovers_its_json_state_after_a_restart(store: StateStore) {
         Err(CommandError::Conflict(Error::VersionConflict { .. }))
     ));
     assert_eq!(other.send(Deposit(5)).await.unwrap().unwrap(), (135, 5));
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            use actix::Actor;
-            $(
-                #[actix::test]
-                async fn $scenario() {
-                    let store = durablestore_postgres::MemoryStore::default().start();
-                    super::$scenario(store.into()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[actix::test]
-                async fn $scenario() {
-                    let (db, store) = crate::common::store().await;
-                    super::$scenario(store.into()).await;
-                    db.cleanup().await.unwrap();
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -109,7 +109,9 @@ where
     #[track_caller]
     pub fn then_expect_reply(self, expected: R) -> Self {
         match &self.result {
-            Ok(Effect::Persist { reply, .. }) | Ok(Effect::None { reply }) => {
+            Ok(Effect::Persist { reply, .. })
+            | Ok(Effect::None { reply })
+            | Ok(Effect::Delete { reply }) => {
                 assert_eq!(reply, &expected, "reply");
             }
             Err(e) => panic!("expected reply {expected:?}, the command was rejected: {e:?}"),
@@ -137,6 +139,16 @@ where
         self
     }
 
+    /// Asserts the command deletes the entity's state.
+    #[track_caller]
+    pub fn then_expect_deleted(self) -> Self {
+        match &self.result {
+            Ok(Effect::Delete { .. }) => {}
+            other => panic!("expected the state to be deleted, got {other:?}"),
+        }
+        self
+    }
+
     /// Asserts the command was rejected with this domain error.
     #[track_caller]
     pub fn then_expect_rejection(self, expected: E) -> Self {
@@ -152,13 +164,21 @@ where
         &self.result
     }
 
-    /// Continues from the state after this command: the persisted state at version + 1, or
-    /// the unchanged state after a rejection or [`Effect::None`].
+    /// Continues from the state after this command: the persisted state at version + 1, the
+    /// initial state at version + 1 after [`Effect::Delete`], or the unchanged state after a
+    /// rejection or [`Effect::None`].
     pub fn and(self) -> BehaviorTest<B> {
         let mut test = self.test;
-        if let Ok(Effect::Persist { state, .. }) = self.result {
-            test.state = state;
-            test.version += 1;
+        match self.result {
+            Ok(Effect::Persist { state, .. }) => {
+                test.state = state;
+                test.version += 1;
+            }
+            Ok(Effect::Delete { .. }) => {
+                test.state = test.behavior.initial_state();
+                test.version += 1;
+            }
+            _ => {}
         }
         test
     }

@@ -202,6 +202,13 @@ pub enum Effect<S, R> {
         /// The reply.
         reply: R,
     },
+    /// Delete the entity's state (a tombstone at the next version, see
+    /// [`DeleteState`](crate::DeleteState)), then reply. The entity goes on from its initial
+    /// state at that version: its next persisted state starts it again.
+    Delete {
+        /// The reply, sent once the tombstone is stored.
+        reply: R,
+    },
 }
 
 impl<S, R> Effect<S, R> {
@@ -213,6 +220,11 @@ impl<S, R> Effect<S, R> {
     /// Reply `reply` without changing the state.
     pub fn none(reply: R) -> Self {
         Effect::None { reply }
+    }
+
+    /// Delete the state, then reply `reply`.
+    pub fn delete(reply: R) -> Self {
+        Effect::Delete { reply }
     }
 }
 

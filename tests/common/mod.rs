@@ -3,6 +3,34 @@
 
 pub mod cluster;
 
+/// Runs each scenario (an `async fn(store)` taking anything `From` a store actor's address)
+/// twice: on a `MemoryStore`, and on a `DurableStoreActor` over a fresh schema.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod memory {
+            use actix::Actor;
+            $(
+                #[actix::test]
+                async fn $scenario() {
+                    let store = durablestore_postgres::MemoryStore::default().start();
+                    super::$scenario(store.into()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[actix::test]
+                async fn $scenario() {
+                    let (db, store) = crate::common::store().await;
+                    super::$scenario(store.into()).await;
+                    db.cleanup().await.unwrap();
+                }
+            )*
+        }
+    };
+}
+
 use actix::{Actor, Addr};
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::{Config, DurableState, DurableStoreActor};
@@ -190,17 +218,19 @@ impl Actor for SlowReads {
     type Context = actix::Context<Self>;
 }
 
-impl actix::Handler<durablestore_postgres::GetLatestState> for SlowReads {
-    type Result = actix::ResponseFuture<Result<Option<DurableState>, durablestore_postgres::Error>>;
+impl actix::Handler<durablestore_postgres::GetRevision> for SlowReads {
+    type Result = actix::ResponseFuture<
+        Result<durablestore_postgres::Revision, durablestore_postgres::Error>,
+    >;
     fn handle(
         &mut self,
-        msg: durablestore_postgres::GetLatestState,
+        msg: durablestore_postgres::GetRevision,
         _: &mut Self::Context,
     ) -> Self::Result {
         let (inner, delay) = (self.inner.clone(), self.delay);
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            inner.get(msg.0).await
+            inner.revision(msg.0).await
         })
     }
 }
@@ -216,5 +246,19 @@ impl actix::Handler<durablestore_postgres::WriteState> for SlowReads {
     ) -> Self::Result {
         let inner = self.inner.clone();
         Box::pin(async move { inner.write(msg.0).await })
+    }
+}
+
+impl actix::Handler<durablestore_postgres::DeleteState> for SlowReads {
+    type Result = actix::ResponseFuture<
+        Result<durablestore_postgres::WriteOutcome, durablestore_postgres::Error>,
+    >;
+    fn handle(
+        &mut self,
+        msg: durablestore_postgres::DeleteState,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.delete(msg.persistence_id, msg.version).await })
     }
 }

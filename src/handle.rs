@@ -1,0 +1,208 @@
+//! [`DurableStore`]: the store as a plain, cloneable async handle, for code that runs no actix
+//! system (tokio, axum, scripts) and for entities that skip the store actor's mailbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio::sync::oneshot;
+
+use crate::config::{Checked, Config, PoolOwner};
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::messages::{Revision, WriteOutcome};
+use crate::pool::Connections;
+use crate::queue::{Admission, Reply};
+use crate::repository::ReadReply;
+use crate::state::{DurableState, now_millis};
+use crate::telemetry::instrumented;
+use crate::tls::PoolTls;
+
+/// The store as a plain async handle: cloneable, `Send + Sync`, usable from any task of a Tokio
+/// runtime, with the same batching engine, guarantees and errors as
+/// [`DurableStoreActor`](crate::DurableStoreActor) (which wraps one).
+///
+/// Writes and reads of all clones share one set of queues: writes are version-checked and
+/// group-committed, reads batched. The pool closes (each connection once its statement is
+/// done) when the last clone is dropped. An entity given a handle
+/// (`DurableEntity::new(behavior, store.clone())`) reaches the queues directly, without a hop
+/// through the store actor's mailbox.
+///
+/// ```no_run
+/// use durablestore_postgres::{Config, DurableState, DurableStore, WriteOutcome};
+///
+/// #[tokio::main(flavor = "current_thread")]
+/// async fn main() -> Result<(), durablestore_postgres::Error> {
+///     let config: Config = "postgres://postgres@127.0.0.1:5432/postgres".parse()?;
+///     let store = DurableStore::new(config.schema("handle_example"))?;
+///     store.create_schema().await?;
+///     let state = DurableState::new("account-1", 1, &prost_types::Duration::default());
+///     assert_eq!(store.write(state.clone()).await?, WriteOutcome::Written);
+///     assert_eq!(store.get("account-1").await?, Some(state));
+///     store.delete("account-1", 2).await?;
+///     assert_eq!(store.get("account-1").await?, None);
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct DurableStore {
+    engine: Arc<Engine>,
+    checked: Arc<Checked>,
+}
+
+impl DurableStore {
+    /// A store that builds and owns its pool from `config`. Opens no connection until the first
+    /// call needs one ([`DurableStore::ping`] connects eagerly). Must be called inside a Tokio
+    /// runtime (an actix system runs one): the batching workers are spawned on it.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidConfig`] listing every setting that cannot work;
+    /// - [`Error::NoRuntime`] outside a Tokio runtime.
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let checked = config.check(PoolOwner::Store)?;
+        require_runtime()?;
+        Ok(Self::start(Connections::build(&checked), checked))
+    }
+
+    /// A store on the caller's pool, as
+    /// [`DurableStoreActor::with_pool`](crate::DurableStoreActor::with_pool): the pool keeps its
+    /// own settings and stays open when the store is dropped.
+    ///
+    /// # Errors
+    /// As [`DurableStore::new`], for the settings that apply to a borrowed pool.
+    pub fn with_pool<T: PoolTls>(
+        pool: bb8::Pool<PostgresConnectionManager<T>>,
+        config: Config,
+    ) -> Result<Self, Error> {
+        let checked = config.check(PoolOwner::Caller)?;
+        require_runtime()?;
+        let connections = Connections::borrow(pool, checked.config.statement_timeout);
+        Ok(Self::start(connections, checked))
+    }
+
+    /// Starts the engine on `connections`; the caller is inside a Tokio runtime.
+    pub(crate) fn start(connections: Connections, checked: Checked) -> Self {
+        DurableStore {
+            engine: Arc::new(Engine::start(connections, &checked)),
+            checked: Arc::new(checked),
+        }
+    }
+
+    /// Writes the latest state of one entity: see [`WriteState`](crate::WriteState) for the
+    /// version rule, the outcomes and the errors.
+    pub async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
+        ask(|reply| self.engine.write(state, reply)).await
+    }
+
+    /// Reads the latest state of one entity: `None` when it has none or was deleted. See
+    /// [`GetLatestState`](crate::GetLatestState).
+    pub async fn get(
+        &self,
+        persistence_id: impl Into<String>,
+    ) -> Result<Option<DurableState>, Error> {
+        let id = persistence_id.into();
+        ask(|reply| self.engine.get(id, ReadReply::State(reply))).await
+    }
+
+    /// Reads the stored version of one entity and its state, also when it was deleted. See
+    /// [`GetRevision`](crate::GetRevision).
+    pub async fn revision(&self, persistence_id: impl Into<String>) -> Result<Revision, Error> {
+        let id = persistence_id.into();
+        ask(|reply| self.engine.get(id, ReadReply::Revision(reply))).await
+    }
+
+    /// Deletes one entity at `version` (the stored version + 1), leaving a tombstone: see
+    /// [`DeleteState`](crate::DeleteState).
+    pub async fn delete(
+        &self,
+        persistence_id: impl Into<String>,
+        version: u64,
+    ) -> Result<WriteOutcome, Error> {
+        let id = persistence_id.into();
+        ask(|reply| self.engine.delete(id, version, reply)).await
+    }
+
+    /// Removes the tombstones older than `older_than`; how many. See
+    /// [`PurgeDeleted`](crate::PurgeDeleted).
+    pub async fn purge_deleted(&self, older_than: Duration) -> Result<u64, Error> {
+        let age = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        let span = tracing::info_span!(
+            "durable_store.purge_deleted",
+            outcome = tracing::field::Empty
+        );
+        instrumented(
+            span,
+            self.engine
+                .repository()
+                .purge_deleted(now_millis().saturating_sub(age)),
+        )
+        .await
+    }
+
+    /// One page of the ids of stored entities, after `after`: see
+    /// [`ListPersistenceIds`](crate::ListPersistenceIds).
+    pub async fn list_persistence_ids(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        self.engine
+            .repository()
+            .list_ids(after.unwrap_or_default(), limit)
+            .await
+    }
+
+    /// One page of the latest states, after `after`, of `shard` unless `None`: see
+    /// [`CurrentStates`](crate::CurrentStates).
+    pub async fn current_states(
+        &self,
+        shard: Option<u64>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DurableState>, Error> {
+        self.engine
+            .repository()
+            .current_states(shard, after.unwrap_or_default(), limit)
+            .await
+    }
+
+    /// Checks that the database answers (connecting if no connection is open).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let span = tracing::debug_span!("durable_store.ping", outcome = tracing::field::Empty);
+        instrumented(span, self.engine.repository().ping()).await
+    }
+
+    /// Creates the configured schema and table if they do not exist: see
+    /// [`CreateSchema`](crate::CreateSchema).
+    pub async fn create_schema(&self) -> Result<(), Error> {
+        let span = tracing::info_span!(
+            "durable_store.create_schema",
+            schema = self.checked.schema.as_str(),
+            table = self.checked.table.as_str(),
+            outcome = tracing::field::Empty,
+        );
+        instrumented(span, self.engine.repository().create_schema()).await
+    }
+
+    /// The engine, for the store actor to hand requests to.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Submits a request with a fresh reply channel, waits for room in its queue if need be, then
+/// for the answer. An answer that never comes (the runtime shut the workers down) is
+/// [`Error::Interrupted`]: a write's outcome is then unknown.
+async fn ask<T>(submit: impl FnOnce(Reply<T>) -> Option<Admission>) -> Result<T, Error> {
+    let (reply, answer) = oneshot::channel();
+    if let Some(admission) = submit(Some(reply)) {
+        admission.await;
+    }
+    answer.await.unwrap_or(Err(Error::Interrupted))
+}
+
+fn require_runtime() -> Result<(), Error> {
+    tokio::runtime::Handle::try_current()
+        .map(|_| ())
+        .map_err(|_| Error::NoRuntime)
+}
