@@ -3,9 +3,12 @@
 //! A [`DurableStoreActor`] owns (or borrows) a bb8 pool of tokio-postgres connections and keeps
 //! the latest state of each entity in one row of the table `states_store`
 //! (`resources/durablestore_postgres.sql`). Entity actors talk to it with typed messages:
-//! [`WriteState`] (a version-checked upsert), [`GetLatestState`], [`Ping`], [`CreateSchema`]
-//! and [`Disconnect`]. States are [`DurableState`] messages, wire-compatible with eGo's
-//! `ego.v1.DurableState`, and rows written by eGo's Go PostgreSQL store are read as they are.
+//! [`WriteState`] (a version-checked upsert), [`GetLatestState`], [`DeleteState`],
+//! [`GetRevision`], [`ListPersistenceIds`], [`CurrentStates`], [`PurgeDeleted`], [`Ping`],
+//! [`CreateSchema`] and [`Disconnect`]; code without an actix system uses the same engine
+//! through a [`DurableStore`] handle. [`DurableEntity`] runs a [`DurableStateBehavior`] on it.
+//! States are [`DurableState`] messages, wire-compatible with eGo's `ego.v1.DurableState`, and
+//! rows written by eGo's Go PostgreSQL store are read as they are.
 //!
 //! ```no_run
 //! use actix::Actor;
