@@ -207,26 +207,49 @@ impl Repository {
         rows: &[&StateRow],
     ) -> Result<Vec<Result<WriteOutcome, Error>>, Error> {
         let ids: Vec<&str> = rows.iter().map(|r| r.persistence_id.as_str()).collect();
-        let versions: Vec<i64> = rows.iter().map(|r| r.version_number).collect();
-        let payloads: Vec<&[u8]> = rows.iter().map(|r| r.state_payload.as_slice()).collect();
-        let manifests: Vec<&str> = rows.iter().map(|r| r.state_manifest.as_str()).collect();
-        let timestamps: Vec<i64> = rows.iter().map(|r| r.timestamp).collect();
-        let shards: Vec<i64> = rows.iter().map(|r| r.shard_number).collect();
-        let params: [(&(dyn ToSql + Sync), Type); 6] = [
-            (&ids, Type::TEXT_ARRAY),
-            (&versions, Type::INT8_ARRAY),
-            (&payloads, Type::BYTEA_ARRAY),
-            (&manifests, Type::TEXT_ARRAY),
-            (&timestamps, Type::INT8_ARRAY),
-            (&shards, Type::INT8_ARRAY),
-        ];
-        let statement = match self.version_check {
-            VersionCheck::Sequential => Stmt::WriteChecked,
-            VersionCheck::Unchecked => Stmt::WriteUnchecked,
-        };
         // If this fails, the statement (atomic) wrote nothing; past it, the written rows are
         // committed and must be reported as written whatever happens next.
-        let written = client.query(&self.sql, statement, &params).await?;
+        let written = match rows {
+            // A lone write (an idle store) takes the plain single-row statement: less for the
+            // server to plan and run than the array form.
+            [row] => {
+                let statement = match self.version_check {
+                    VersionCheck::Sequential if row.version_number == 1 => Stmt::InsertOne,
+                    VersionCheck::Sequential => Stmt::UpdateOne,
+                    VersionCheck::Unchecked => Stmt::UpsertOne,
+                };
+                let params: [(&(dyn ToSql + Sync), Type); 6] = [
+                    (&row.persistence_id, Type::TEXT),
+                    (&row.version_number, Type::INT8),
+                    (&row.state_payload, Type::BYTEA),
+                    (&row.state_manifest, Type::TEXT),
+                    (&row.timestamp, Type::INT8),
+                    (&row.shard_number, Type::INT8),
+                ];
+                client.query(&self.sql, statement, &params).await?
+            }
+            _ => {
+                let versions: Vec<i64> = rows.iter().map(|r| r.version_number).collect();
+                let payloads: Vec<&[u8]> =
+                    rows.iter().map(|r| r.state_payload.as_slice()).collect();
+                let manifests: Vec<&str> = rows.iter().map(|r| r.state_manifest.as_str()).collect();
+                let timestamps: Vec<i64> = rows.iter().map(|r| r.timestamp).collect();
+                let shards: Vec<i64> = rows.iter().map(|r| r.shard_number).collect();
+                let params: [(&(dyn ToSql + Sync), Type); 6] = [
+                    (&ids, Type::TEXT_ARRAY),
+                    (&versions, Type::INT8_ARRAY),
+                    (&payloads, Type::BYTEA_ARRAY),
+                    (&manifests, Type::TEXT_ARRAY),
+                    (&timestamps, Type::INT8_ARRAY),
+                    (&shards, Type::INT8_ARRAY),
+                ];
+                let statement = match self.version_check {
+                    VersionCheck::Sequential => Stmt::WriteChecked,
+                    VersionCheck::Unchecked => Stmt::WriteUnchecked,
+                };
+                client.query(&self.sql, statement, &params).await?
+            }
+        };
         let mut is_written = vec![written.len() == rows.len(); rows.len()];
         if written.len() < rows.len() {
             let index: HashMap<&str, usize> =

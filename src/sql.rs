@@ -90,10 +90,13 @@ pub(crate) enum Stmt {
     ListIds = 3,
     CurrentStates = 4,
     PurgeDeleted = 5,
+    InsertOne = 6,
+    UpdateOne = 7,
+    UpsertOne = 8,
 }
 
 impl Stmt {
-    pub(crate) const COUNT: usize = 6;
+    pub(crate) const COUNT: usize = 9;
 }
 
 /// The statements of one store.
@@ -110,6 +113,12 @@ pub(crate) struct Sql {
     /// Last-writer-wins upsert of N rows with distinct ids. Returns the ids that were written:
     /// a row a trigger or row-level policy suppressed is missing.
     pub write_unchecked: String,
+    /// [`Sql::write_checked`] for one row of version 1: inserted unless the id has a row.
+    pub insert_one: String,
+    /// [`Sql::write_checked`] for one row of version > 1: updated only over version `$2 - 1`.
+    pub update_one: String,
+    /// [`Sql::write_unchecked`] for one row.
+    pub upsert_one: String,
     /// The stored rows of the ids in `$1::text[]`.
     pub select: String,
     /// Up to `$2` ids after `$1`, in id order, tombstones excluded: an index scan of the
@@ -138,6 +147,9 @@ impl Sql {
             Stmt::ListIds => &self.list_ids,
             Stmt::CurrentStates => &self.current_states,
             Stmt::PurgeDeleted => &self.purge_deleted,
+            Stmt::InsertOne => &self.insert_one,
+            Stmt::UpdateOne => &self.update_one,
+            Stmt::UpsertOne => &self.upsert_one,
         }
     }
 
@@ -172,6 +184,21 @@ SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i.
 FROM ({INPUT}) i
 ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
 RETURNING s.persistence_id"#
+        );
+        let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
+        let insert_one = format!(
+            "INSERT INTO {t} ({COLUMNS}) VALUES ({one}) ON CONFLICT (persistence_id) DO NOTHING \
+             RETURNING persistence_id"
+        );
+        let update_one = format!(
+            r#"UPDATE {t} SET version_number = $2::int8, state_payload = $3::bytea,
+        state_manifest = $4::text, "timestamp" = $5::int8, shard_number = $6::int8
+    WHERE persistence_id = $1::text AND version_number = $2::int8 - 1
+    RETURNING persistence_id"#
+        );
+        let upsert_one = format!(
+            "INSERT INTO {t} AS s ({COLUMNS}) VALUES ({one}) \
+             ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL} RETURNING s.persistence_id"
         );
         let select = format!("SELECT {COLUMNS} FROM {t} WHERE persistence_id = ANY($1::text[])");
         let live = format!("state_manifest <> '{TOMBSTONE_MANIFEST}'");
@@ -216,6 +243,9 @@ RETURNING s.persistence_id"#
         Sql {
             write_checked,
             write_unchecked,
+            insert_one,
+            update_one,
+            upsert_one,
             select,
             list_ids,
             current_states,
