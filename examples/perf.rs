@@ -59,6 +59,10 @@ struct Args {
     /// Only the variants whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// SQL run on the fresh table before measuring, `{table}` and `{schema}` replaced (e.g. to
+    /// drop the version index or set a fillfactor).
+    #[arg(long)]
+    table_setup: Option<String>,
 }
 
 /// One measurement: units (states or rows) per second, and the client's CPU per unit.
@@ -74,6 +78,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let db = TestDatabase::new().await?;
     let client = common::connect(&db).await;
+    if let Some(setup) = &args.table_setup {
+        let sql = setup
+            .replace("{table}", &format!("{}.states_store", db.schema()))
+            .replace("{schema}", db.schema());
+        client.batch_execute(&sql).await?;
+    }
     let seconds = Duration::from_secs(args.seconds);
     let handle = DurableStore::new(
         common::store_config(&db)

@@ -424,17 +424,28 @@ pub(crate) fn page_limit(limit: usize) -> Result<i64, Error> {
 /// PostgreSQL cannot upsert one row twice in a statement, and running the rounds in order
 /// behaves exactly as if the writes had been sent one after the other.
 fn rounds(batch: Vec<Pending<Write>>) -> Vec<Vec<Pending<Write>>> {
-    let mut rounds: Vec<Vec<Pending<Write>>> = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for pending in batch {
-        let round = seen
-            .entry(pending.input.persistence_id.clone())
-            .or_insert(0);
-        if *round == rounds.len() {
-            rounds.push(Vec::new());
-        }
-        rounds[*round].push(pending);
-        *round += 1;
+    // The round of each write, over borrowed ids: no id is copied.
+    let round_of: Vec<usize> = {
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+        batch
+            .iter()
+            .map(|pending| {
+                let next = seen
+                    .entry(pending.input.persistence_id.as_str())
+                    .or_insert(0);
+                *next += 1;
+                *next - 1
+            })
+            .collect()
+    };
+    let count = round_of.iter().max().map_or(0, |last| last + 1);
+    if count <= 1 {
+        // The usual case: every id once.
+        return vec![batch];
+    }
+    let mut rounds: Vec<Vec<Pending<Write>>> = (0..count).map(|_| Vec::new()).collect();
+    for (pending, round) in batch.into_iter().zip(round_of) {
+        rounds[round].push(pending);
     }
     rounds
 }
