@@ -21,7 +21,7 @@ use crate::pool::{Connections, PooledClient};
 use crate::queue::{Kind, Pending, Reply, Respond};
 use crate::sql::{Sql, Stmt};
 use crate::state::{DurableState, StateRow};
-use crate::telemetry::outcome_name;
+use crate::telemetry::{count_write, outcome_name};
 use crate::version;
 
 /// A version-checked write of one state, as its row.
@@ -39,7 +39,7 @@ impl Kind for Write {
 
     fn answered(row: &StateRow, outcome: &Result<WriteOutcome, Error>, queued: Instant) {
         let name = outcome_name(outcome);
-        metrics::counter!("durablestore_writes_total", "outcome" => name).increment(1);
+        count_write(name);
         metrics::histogram!("durablestore_write_seconds").record(queued.elapsed());
         match outcome {
             Ok(_) => tracing::debug!(
@@ -209,9 +209,9 @@ impl Repository {
         let ids: Vec<&str> = rows.iter().map(|r| r.persistence_id.as_str()).collect();
         // If this fails, the statement (atomic) wrote nothing; past it, the written rows are
         // committed and must be reported as written whatever happens next.
-        let written = match rows {
+        let is_written = match rows {
             // A lone write (an idle store) takes the plain single-row statement: less for the
-            // server to plan and run than the array form.
+            // server to plan and run than the array form. It returns the id if it wrote it.
             [row] => {
                 let statement = match self.version_check {
                     VersionCheck::Sequential if row.version_number == 1 => Stmt::InsertOne,
@@ -226,7 +226,8 @@ impl Repository {
                     (&row.timestamp, Type::INT8),
                     (&row.shard_number, Type::INT8),
                 ];
-                client.query(&self.sql, statement, &params).await?
+                let written = client.query(&self.sql, statement, &params).await?;
+                vec![!written.is_empty()]
             }
             _ => {
                 let versions: Vec<i64> = rows.iter().map(|r| r.version_number).collect();
@@ -247,23 +248,10 @@ impl Repository {
                     VersionCheck::Sequential => Stmt::WriteChecked,
                     VersionCheck::Unchecked => Stmt::WriteUnchecked,
                 };
-                client.query(&self.sql, statement, &params).await?
+                let result = client.query(&self.sql, statement, &params).await?;
+                written_of(&ids, result.first())
             }
         };
-        let mut is_written = vec![written.len() == rows.len(); rows.len()];
-        if written.len() < rows.len() {
-            let index: HashMap<&str, usize> =
-                ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-            for record in &written {
-                if let Some(&i) = record
-                    .try_get::<_, &str>(0)
-                    .ok()
-                    .and_then(|id| index.get(id))
-                {
-                    is_written[i] = true;
-                }
-            }
-        }
         // A checked row not written is a conflict, an identical retry, or a row that a trigger
         // or policy suppressed: a fresh read (a new statement, so a new snapshot) tells which,
         // and the version stored now. An unchecked row not written can only be suppressed.
@@ -406,6 +394,32 @@ impl Repository {
         };
         Ok(u64::try_from(purged).unwrap_or(0))
     }
+}
+
+/// Which of `ids` a multi-row write statement wrote, from its one result row: the count of
+/// rows written, and their ids (read only when some were not written). A missing or unreadable
+/// result reads as nothing written, so each row is explained by a fresh read.
+fn written_of(ids: &[&str], result: Option<&Row>) -> Vec<bool> {
+    let Some(result) = result else {
+        return vec![false; ids.len()];
+    };
+    let count: i64 = result.try_get(0).unwrap_or(0);
+    if usize::try_from(count).is_ok_and(|count| count == ids.len()) {
+        return vec![true; ids.len()];
+    }
+    let mut is_written = vec![false; ids.len()];
+    let written: Vec<&str> = result
+        .try_get::<_, Option<Vec<&str>>>(1)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    for id in written {
+        if let Some(&i) = index.get(id) {
+            is_written[i] = true;
+        }
+    }
+    is_written
 }
 
 /// Checks a page size; as the `LIMIT` parameter.

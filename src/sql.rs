@@ -108,10 +108,11 @@ pub(crate) struct Sql {
     /// touched); version *v* > 1 updates the row only `WHERE version_number = v - 1`. Under
     /// READ COMMITTED the update re-checks that condition against the latest committed row after
     /// waiting for a concurrent writer, so a concurrent write can never be overwritten. Returns
-    /// the ids that were written; the others are classified with a fresh [`Sql::select`].
+    /// one row: how many rows were written and their ids; the others are classified with a
+    /// fresh [`Sql::select`].
     pub write_checked: String,
-    /// Last-writer-wins upsert of N rows with distinct ids. Returns the ids that were written:
-    /// a row a trigger or row-level policy suppressed is missing.
+    /// Last-writer-wins upsert of N rows with distinct ids. Returns one row: how many rows were
+    /// written and their ids (a row a trigger or row-level policy suppressed is missing).
     pub write_unchecked: String,
     /// [`Sql::write_checked`] for one row of version 1: inserted unless the id has a row.
     pub insert_one: String,
@@ -176,14 +177,19 @@ updated AS (
       AND s.version_number = i.version_number - 1
     RETURNING s.persistence_id
 )
-SELECT persistence_id FROM inserted UNION ALL SELECT persistence_id FROM updated"#
+SELECT count(*), array_agg(persistence_id::text) FROM (
+    SELECT persistence_id FROM inserted UNION ALL SELECT persistence_id FROM updated
+) AS written"#
         );
         let write_unchecked = format!(
-            r#"INSERT INTO {t} AS s ({COLUMNS})
-SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i."timestamp", i.shard_number
-FROM ({INPUT}) i
-ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
-RETURNING s.persistence_id"#
+            r#"WITH written AS (
+    INSERT INTO {t} AS s ({COLUMNS})
+    SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i."timestamp", i.shard_number
+    FROM ({INPUT}) i
+    ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
+    RETURNING s.persistence_id
+)
+SELECT count(*), array_agg(persistence_id::text) FROM written"#
         );
         let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
         let insert_one = format!(

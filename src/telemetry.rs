@@ -69,13 +69,36 @@ pub(crate) struct Slot(&'static str);
 
 impl Slot {
     pub(crate) fn new(kind: &'static str) -> Self {
-        metrics::gauge!("durablestore_pending_requests", "kind" => kind).increment(1.0);
+        pending_requests(kind).increment(1.0);
         Slot(kind)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        metrics::gauge!("durablestore_pending_requests", "kind" => self.0).decrement(1.0);
+        pending_requests(self.0).decrement(1.0);
     }
+}
+
+/// The gauge of one kind. Literal labels make a static key: no allocation per request.
+fn pending_requests(kind: &'static str) -> metrics::Gauge {
+    match kind {
+        "write" => metrics::gauge!("durablestore_pending_requests", "kind" => "write"),
+        "read" => metrics::gauge!("durablestore_pending_requests", "kind" => "read"),
+        other => metrics::gauge!("durablestore_pending_requests", "kind" => other),
+    }
+}
+
+/// Counts one answered write in `durablestore_writes_total{outcome}`, with a static key per
+/// outcome.
+pub(crate) fn count_write(outcome: &'static str) {
+    match outcome {
+        "written" => metrics::counter!("durablestore_writes_total", "outcome" => "written"),
+        "already_stored" => {
+            metrics::counter!("durablestore_writes_total", "outcome" => "already_stored")
+        }
+        "conflict" => metrics::counter!("durablestore_writes_total", "outcome" => "conflict"),
+        other => metrics::counter!("durablestore_writes_total", "outcome" => other),
+    }
+    .increment(1);
 }
