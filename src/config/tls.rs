@@ -41,7 +41,7 @@ impl Config {
     /// The root certificate(s), PEM-encoded, that the server's certificate must chain to in
     /// `verify-ca` and `verify-full` modes (libpq's `sslrootcert`; a connection string's
     /// `sslrootcert=<path>` is read into this). When the store is built, a PEM holding no
-    /// certificate is an [`Error::InvalidConfig`].
+    /// certificate is an [`Error::InvalidConfig`](crate::Error::InvalidConfig).
     ///
     /// Defaults to none. Replaces roots set before.
     #[must_use]
@@ -55,7 +55,7 @@ impl Config {
     /// `sslrootcert=system` does, and what managed PostgreSQL services whose certificates come
     /// from a public CA need. A connection string's `sslrootcert=system` calls this. The roots
     /// are read when the store is built; `SSL_CERT_FILE` and `SSL_CERT_DIR` override where
-    /// they are read from. Building the store fails with [`Error::InvalidConfig`] when the
+    /// they are read from. Building the store fails with [`Error::InvalidConfig`](crate::Error::InvalidConfig) when the
     /// platform has no usable root certificate, or when the crate was built without its
     /// `system-roots` feature (on by default).
     ///
@@ -75,7 +75,7 @@ impl Config {
     /// common name to equal the user name. Used in every mode but [`SslMode::Disable`].
     ///
     /// When the store is built, a PEM holding nothing usable, or a key that does not belong to
-    /// the certificate, is an [`Error::InvalidConfig`] whose message never quotes the key.
+    /// the certificate, is an [`Error::InvalidConfig`](crate::Error::InvalidConfig) whose message never quotes the key.
     ///
     /// Defaults to none: no certificate is presented.
     #[must_use]
