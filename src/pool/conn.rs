@@ -32,7 +32,8 @@ pub(super) trait Conn: Send + Sync {
 /// before the table exists (to run `CreateSchema` on it).
 pub(super) struct PreparedClient<T> {
     client: Client,
-    prepared: Prepared,
+    /// `None` behind a transaction-mode pooler, where statements are sent unnamed.
+    prepared: Option<Prepared>,
     broken: AtomicBool,
     tls: T,
 }
@@ -79,7 +80,7 @@ impl<T: PoolTls> Conn for PooledConnection<'static, OwnedManager<T>> {
     }
 
     fn prepared(&self) -> Option<&Prepared> {
-        Some(&self.prepared)
+        self.prepared.as_ref()
     }
 
     fn mark_broken(&self) {
@@ -102,17 +103,21 @@ impl<T: PoolTls> Conn for PooledConnection<'static, OwnedManager<T>> {
     }
 }
 
-/// bb8-postgres's manager, with a statement cache per connection.
+/// bb8-postgres's manager, with a statement cache per connection (unless `prepare` is off).
 pub(super) struct OwnedManager<T: PoolTls> {
     manager: PostgresConnectionManager<T>,
     tls: T,
+    /// False behind a transaction-mode pooler: a prepared statement lives on one server
+    /// connection, and the next transaction may get another one.
+    prepare: bool,
 }
 
 impl<T: PoolTls> OwnedManager<T> {
-    pub(super) fn new(pg: tokio_postgres::Config, tls: T) -> Self {
+    pub(super) fn new(pg: tokio_postgres::Config, tls: T, prepare: bool) -> Self {
         OwnedManager {
             manager: PostgresConnectionManager::new(pg, tls.clone()),
             tls,
+            prepare,
         }
     }
 }
@@ -125,7 +130,7 @@ impl<T: PoolTls> ManageConnection for OwnedManager<T> {
         let client = self.manager.connect().await?;
         Ok(PreparedClient {
             client,
-            prepared: Prepared::default(),
+            prepared: self.prepare.then(Prepared::default),
             broken: AtomicBool::new(false),
             tls: self.tls.clone(),
         })
