@@ -4,9 +4,11 @@
 //! - [`client`]: a checked-out connection and how statements run on it (timeouts, cancels,
 //!   the per-connection statement cache, or unnamed statements each in its own transaction
 //!   behind a transaction-mode pooler);
+//! - [`cancel`]: cancel requests that a pooler in between forwards;
 //! - [`conn`]: what the store needs of a connection, for owned and borrowed pools alike;
 //! - [`connect_errors`]: why connecting fails, kept from bb8's error sink.
 
+mod cancel;
 mod client;
 mod conn;
 mod connect_errors;
@@ -18,6 +20,7 @@ use bb8::RunError;
 use bb8_postgres::PostgresConnectionManager;
 use tokio::time::Instant;
 
+use self::cancel::Canceller;
 pub(crate) use self::client::PooledClient;
 use self::client::Sending;
 use self::conn::{Conn, OwnedManager, Source};
@@ -69,9 +72,16 @@ impl Connections {
             Sending::per_session(config.statement_timeout)
         };
         pg.ssl_mode(config.ssl_mode.negotiation());
+        let canceller = Canceller::new(&pg, checked.tls.clone());
         let source: Arc<dyn Source> = match checked.tls.clone() {
-            None => Arc::new(owned_pool(config, &errors, pg, tokio_postgres::NoTls)),
-            Some(tls) => Arc::new(owned_pool(config, &errors, pg, tls)),
+            None => Arc::new(owned_pool(
+                config,
+                &errors,
+                pg,
+                tokio_postgres::NoTls,
+                canceller,
+            )),
+            Some(tls) => Arc::new(owned_pool(config, &errors, pg, tls, canceller)),
         };
         Connections {
             source,
@@ -157,6 +167,7 @@ fn owned_pool<T: PoolTls>(
     errors: &ConnectErrors,
     pg: tokio_postgres::Config,
     tls: T,
+    canceller: Canceller,
 ) -> bb8::Pool<OwnedManager<T>> {
     bb8::Pool::builder()
         .max_size(config.max_connections)
@@ -169,5 +180,10 @@ fn owned_pool<T: PoolTls>(
         // connection is caught by `Client::is_closed` instead (on checkout and return).
         .test_on_check_out(false)
         .error_sink(Box::new(errors.clone()))
-        .build_unchecked(OwnedManager::new(pg, tls, !config.transaction_pooling))
+        .build_unchecked(OwnedManager::new(
+            pg,
+            tls,
+            canceller,
+            !config.transaction_pooling,
+        ))
 }
