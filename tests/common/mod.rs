@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod latency;
+pub mod pgbouncer;
 
 use actix::{Actor, Addr};
 use durablestore_postgres::testkit::TestDatabase;
