@@ -174,6 +174,11 @@ pub enum Error {
     InvalidInput(#[from] InvalidInput),
 
     /// The configuration cannot be used (bad connection string, missing host, zero pool size...).
+    ///
+    /// Calls also fail with it when the server turns out to need another configuration: a
+    /// connection pooler in transaction mode (pgBouncer) in front of it while
+    /// [`Config::transaction_pooling`](crate::Config::transaction_pooling) is off. The message
+    /// names the setting; nothing was written.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 }

@@ -238,6 +238,17 @@ mod tests {
     }
 
     #[test]
+    fn transaction_pooling_is_off_by_default_and_shown_by_debug() {
+        assert!(!base().transaction_pooling);
+        let on = base()
+            .transaction_pooling(true)
+            .check(PoolOwner::Store)
+            .unwrap();
+        assert!(on.config.transaction_pooling);
+        assert!(format!("{:?}", on.config).contains("transaction_pooling: true"));
+    }
+
+    #[test]
     fn client_certificate_pem_is_checked_and_never_printed() {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["u".to_owned()])

@@ -80,6 +80,7 @@ pub struct Config {
     pub(crate) max_batch_size: usize,
     pub(crate) max_pending_requests: usize,
     pub(crate) statement_timeout: Option<Duration>,
+    pub(crate) transaction_pooling: bool,
     pub(crate) max_state_bytes: usize,
     pub(crate) row_format: RowFormat,
     pub(crate) ssl_mode: SslMode,
@@ -145,6 +146,7 @@ impl Config {
             max_batch_size: Self::DEFAULT_MAX_BATCH_SIZE,
             max_pending_requests: Self::DEFAULT_MAX_PENDING_REQUESTS,
             statement_timeout: Some(Self::DEFAULT_STATEMENT_TIMEOUT),
+            transaction_pooling: false,
             max_state_bytes: Self::DEFAULT_MAX_STATE_BYTES,
             row_format: RowFormat::default(),
             ssl_mode,
@@ -281,7 +283,8 @@ impl Config {
     }
 
     /// The longest a statement may run; `None` turns the bound off. The server cancels a
-    /// statement then (`statement_timeout` is set on each connection of an owned pool), and the
+    /// statement then (`statement_timeout` is set on each connection of an owned pool, or on
+    /// each statement with [`transaction_pooling`](Config::transaction_pooling)), and the
     /// client gives up one second later in case the server cannot even do that (a frozen or
     /// partitioned server): it then sends a cancel request (over TLS when the connection uses
     /// TLS) and never reuses the connection. Either way the call fails with
@@ -293,6 +296,34 @@ impl Config {
     #[must_use]
     pub fn statement_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.statement_timeout = timeout.into();
+        self
+    }
+
+    /// Makes the store work behind a connection pooler in transaction mode, such as pgBouncer
+    /// with `pool_mode = transaction`, where each transaction of a connection may run on
+    /// another server connection, shared with other clients, and the startup parameter
+    /// `options` is refused. When on, for the pool the store builds:
+    ///
+    /// - statements are sent unnamed (parsed on every call, still one round trip) instead of
+    ///   being prepared once per connection: a prepared statement lives on one server
+    ///   connection, which the next transaction may not get;
+    /// - no startup `options` are sent, so the [`statement_timeout`](Config::statement_timeout)
+    ///   is set for each statement instead: `BEGIN; SET LOCAL statement_timeout = …`, the
+    ///   statement and `COMMIT` go out together (pipelined: one round trip), and nothing stays
+    ///   set on a server connection other clients share. With `statement_timeout(None)` each
+    ///   statement goes out alone. The client-side bound and cancel work as without a pooler
+    ///   (pgBouncer forwards cancel requests).
+    ///
+    /// Without it, a pooler that refuses `options` (pgBouncer does) or loses the store's
+    /// prepared statements fails calls with an [`Error::InvalidConfig`] that names this
+    /// setting. A store on a caller's pool ([`with_pool`](crate::DurableStoreActor::with_pool))
+    /// always sends unnamed statements, and leaves the server-side timeout to the pool's
+    /// connection settings, whatever this says.
+    ///
+    /// Defaults to false.
+    #[must_use]
+    pub fn transaction_pooling(mut self, on: bool) -> Self {
+        self.transaction_pooling = on;
         self
     }
 
@@ -397,6 +428,7 @@ impl fmt::Debug for Config {
             .field("max_batch_size", &self.max_batch_size)
             .field("max_pending_requests", &self.max_pending_requests)
             .field("statement_timeout", &self.statement_timeout)
+            .field("transaction_pooling", &self.transaction_pooling)
             .field("max_state_bytes", &self.max_state_bytes)
             .field("row_format", &self.row_format)
             .finish()

@@ -1,23 +1,60 @@
 //! A checked-out connection, and how the store's statements run on it.
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::conn::Conn;
 use crate::error::Error;
 use crate::sql::{Sql, Stmt};
 
+/// How statements are sent on a store's connections, and how long they may take.
+#[derive(Debug, Clone)]
+pub(super) struct Sending {
+    /// The client-side bound (plus [`CLIENT_TIMEOUT_GRACE`]); what a server-side cancel is
+    /// reported as.
+    pub(super) statement_timeout: Option<Duration>,
+    /// `BEGIN; SET LOCAL statement_timeout = …`, sent ahead of each statement when the
+    /// server-side timeout cannot be a setting of the session: behind a transaction-mode
+    /// pooler, where the session is shared with other clients (see [`in_transaction`]).
+    pub(super) begin: Option<Arc<str>>,
+}
+
+impl Sending {
+    /// Behind a transaction-mode pooler: the statement timeout per statement, in its own
+    /// transaction.
+    pub(super) fn per_transaction(statement_timeout: Option<Duration>) -> Self {
+        Sending {
+            statement_timeout,
+            begin: statement_timeout.map(|timeout| {
+                format!(
+                    "BEGIN; SET LOCAL statement_timeout = {}",
+                    timeout.as_millis().max(1)
+                )
+                .into()
+            }),
+        }
+    }
+
+    /// The server-side timeout is a setting of the session (or none at all).
+    pub(super) fn per_session(statement_timeout: Option<Duration>) -> Self {
+        Sending {
+            statement_timeout,
+            begin: None,
+        }
+    }
+}
+
 /// A checked-out connection; returns to its pool when dropped.
 pub(crate) struct PooledClient {
     /// `None` only while being dropped.
     conn: Option<Box<dyn Conn>>,
-    statement_timeout: Option<Duration>,
+    sending: Sending,
     /// Set when the client gave up on a statement that may still run on the server.
     abandoned: AtomicBool,
 }
@@ -27,10 +64,10 @@ pub(crate) struct PooledClient {
 pub(super) const CLIENT_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 
 impl PooledClient {
-    pub(super) fn new(conn: Box<dyn Conn>, statement_timeout: Option<Duration>) -> Self {
+    pub(super) fn new(conn: Box<dyn Conn>, sending: Sending) -> Self {
         PooledClient {
             conn: Some(conn),
-            statement_timeout,
+            sending,
             abandoned: AtomicBool::new(false),
         }
     }
@@ -49,7 +86,7 @@ impl PooledClient {
         work: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, Error> {
         let conn = self.conn()?;
-        let result = match self.statement_timeout {
+        let result = match self.sending.statement_timeout {
             None => work.await,
             Some(timeout) => {
                 match tokio::time::timeout(timeout.saturating_add(CLIENT_TIMEOUT_GRACE), work).await
@@ -68,7 +105,7 @@ impl PooledClient {
             if breaks_connection(&error) {
                 conn.mark_broken();
             }
-            match (error.code(), self.statement_timeout) {
+            match (error.code(), self.sending.statement_timeout) {
                 (Some(&SqlState::QUERY_CANCELED), Some(timeout)) => Error::Timeout { timeout },
                 _ => Error::database(error),
             }
@@ -77,16 +114,31 @@ impl PooledClient {
 
     /// Runs SQL text with the simple query protocol (no parameters), within the timeout.
     pub(crate) async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
-        self.bounded(self.conn()?.client().batch_execute(sql)).await
+        let client = self.conn()?.client();
+        match &self.sending.begin {
+            // An empty query (a ping) has nothing for the server to time out.
+            Some(begin) if !sql.is_empty() => {
+                self.bounded(in_transaction(client, begin, client.batch_execute(sql)))
+                    .await
+            }
+            _ => self.bounded(client.batch_execute(sql)).await,
+        }
     }
 
     /// Runs one of the store's statements: prepared once per connection on an owned pool (no
     /// planning on later calls), or with `query_typed` (still one round trip) on a borrowed
-    /// pool, whose connections have nowhere to keep prepared statements.
+    /// pool, whose connections have nowhere to keep prepared statements, and behind a
+    /// transaction-mode pooler, where a prepared statement may not be there next time.
     ///
     /// A prepared statement the server no longer accepts (its result type changed after an
     /// `ALTER TABLE`, or a pooler lost it) is prepared again and the statement retried once:
-    /// the server refused it before running it, so nothing was applied.
+    /// the server refused it before running it, so nothing was applied. A prepared statement
+    /// lost again, or one whose fresh name already exists, shows a transaction-mode pooler
+    /// between the store and the server: [`Error::InvalidConfig`] naming
+    /// `Config::transaction_pooling`.
+    ///
+    /// With `Config::transaction_pooling` and a statement timeout, each statement runs in a
+    /// transaction of its own that sets the timeout (see [`in_transaction`]).
     pub(crate) async fn query(
         &self,
         sql: &Sql,
@@ -94,12 +146,46 @@ impl PooledClient {
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, Error> {
         let conn = self.conn()?;
-        match self.bounded(query_on(conn, sql, which, params)).await {
-            Err(error) if is_stale_statement(&error) => {
-                if let Some(prepared) = conn.prepared() {
-                    prepared.clear();
+        let begin = self.sending.begin.as_deref();
+        let Some(prepared) = conn.prepared() else {
+            let statement = conn.client().query_typed(sql.text(which), params);
+            return match begin {
+                Some(begin) => {
+                    self.bounded(in_transaction(conn.client(), begin, statement))
+                        .await
                 }
-                self.bounded(query_on(conn, sql, which, params)).await
+                None => self.bounded(statement).await,
+            };
+        };
+        match self
+            .bounded(run_prepared(conn, prepared, sql, which, params))
+            .await
+        {
+            Err(error) if shows_a_transaction_pooler(&error) => {
+                Err(needs_transaction_pooling(error))
+            }
+            Err(error) if is_stale_statement(&error) => {
+                if error.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+                    tracing::warn!(
+                        %error,
+                        "a prepared statement of a durable store connection is gone; is a \
+                         transaction-mode pooler (pgBouncer) in front of the server? \
+                         See Config::transaction_pooling"
+                    );
+                }
+                prepared.clear();
+                match self
+                    .bounded(run_prepared(conn, prepared, sql, which, params))
+                    .await
+                {
+                    Err(error)
+                        if shows_a_transaction_pooler(&error)
+                            || error.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) =>
+                    {
+                        Err(needs_transaction_pooling(error))
+                    }
+                    other => other,
+                }
             }
             other => other,
         }
@@ -116,16 +202,16 @@ impl Drop for PooledClient {
     }
 }
 
-async fn query_on(
+/// Runs one of the store's statements under its name on this connection, preparing it first
+/// if this connection has not yet.
+async fn run_prepared(
     conn: &dyn Conn,
+    prepared: &Prepared,
     sql: &Sql,
     which: Stmt,
     params: &[(&(dyn ToSql + Sync), Type)],
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
     let client = conn.client();
-    let Some(prepared) = conn.prepared() else {
-        return client.query_typed(sql.text(which), params).await;
-    };
     let statement = match prepared.get(which) {
         Some(statement) => statement,
         None => {
@@ -159,12 +245,58 @@ fn breaks_connection(error: &tokio_postgres::Error) -> bool {
         .contains(code)
 }
 
+/// Runs `statement` in a transaction of its own, opened by `begin` (which sets the statement
+/// timeout for this transaction only) and committed right after, in one round trip:
+/// tokio-postgres sends a request when its future is first polled, and `biased` polls the
+/// three in order, so they leave together and the server runs them one after the other.
+///
+/// Behind a transaction-mode pooler the transaction keeps one server connection for the three,
+/// and `SET LOCAL` ends with it, so the next client of that server connection inherits nothing.
+/// A statement that fails aborts the transaction, and `COMMIT` then rolls it back without an
+/// error: the connection is clean again either way.
+async fn in_transaction<T>(
+    client: &Client,
+    begin: &str,
+    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, tokio_postgres::Error> {
+    let (begun, result, committed) = tokio::join!(
+        biased;
+        client.batch_execute(begin),
+        statement,
+        client.batch_execute("COMMIT"),
+    );
+    begun?;
+    let value = result?;
+    committed?;
+    Ok(value)
+}
+
 /// A prepared statement the server refused before running it: its cached plan's result type
 /// changed (0A000, after `ALTER TABLE`) or it no longer exists (26000, behind a pooler).
 fn is_stale_statement(error: &Error) -> bool {
     error.code().is_some_and(|code| {
         *code == SqlState::FEATURE_NOT_SUPPORTED || *code == SqlState::INVALID_SQL_STATEMENT_NAME
     })
+}
+
+/// A statement name that tokio-postgres just made up (unique in this process) already exists
+/// on the server (42P05): the server connection is shared with other processes, which only a
+/// transaction-mode pooler does.
+fn shows_a_transaction_pooler(error: &Error) -> bool {
+    error.code() == Some(&SqlState::DUPLICATE_PSTATEMENT)
+}
+
+/// The error for prepared statements that a transaction-mode pooler loses or shares.
+fn needs_transaction_pooling(error: Error) -> Error {
+    let reason = match &error {
+        Error::Database { source } => source.to_string(),
+        other => other.to_string(),
+    };
+    Error::InvalidConfig(format!(
+        "the server lost or shares this connection's prepared statements ({reason}): a \
+         connection pooler in transaction mode (such as pgBouncer) is in front of it; \
+         set Config::transaction_pooling(true)"
+    ))
 }
 
 /// The statements prepared on one connection, by [`Stmt`].

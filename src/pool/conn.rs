@@ -9,6 +9,7 @@ use bb8::{ManageConnection, PooledConnection, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::Client;
 
+use super::cancel::Canceller;
 use super::client::{CLIENT_TIMEOUT_GRACE, Prepared};
 use crate::tls::PoolTls;
 
@@ -32,9 +33,11 @@ pub(super) trait Conn: Send + Sync {
 /// before the table exists (to run `CreateSchema` on it).
 pub(super) struct PreparedClient<T> {
     client: Client,
-    prepared: Prepared,
+    /// `None` behind a transaction-mode pooler, where statements are sent unnamed.
+    prepared: Option<Prepared>,
     broken: AtomicBool,
     tls: T,
+    canceller: Canceller,
 }
 
 /// Runs `task` on the current Tokio runtime, if there is one (a connection can be dropped
@@ -79,7 +82,7 @@ impl<T: PoolTls> Conn for PooledConnection<'static, OwnedManager<T>> {
     }
 
     fn prepared(&self) -> Option<&Prepared> {
-        Some(&self.prepared)
+        self.prepared.as_ref()
     }
 
     fn mark_broken(&self) {
@@ -88,31 +91,49 @@ impl<T: PoolTls> Conn for PooledConnection<'static, OwnedManager<T>> {
 
     fn abandon(self: Box<Self>) {
         // Discarded, never reused; the cancel stops the statement (and frees its locks) on the
-        // server, which would otherwise run it to the end.
+        // server, which would otherwise run it to the end. The connection stays open until the
+        // cancel request was taken (or the grace period passed): a pooler forwards a cancel
+        // request only while the connection it names is still there.
         self.mark_broken();
-        let token = self.client.cancel_token();
-        let tls = self.tls.clone();
         spawn_if_running(async move {
-            if let Err(error) =
-                tokio::time::timeout(CLIENT_TIMEOUT_GRACE, token.cancel_query(tls)).await
-            {
-                tracing::warn!(%error, "durable store could not send a cancel request");
+            let token = self.client.cancel_token();
+            let cancel = self.canceller.cancel(&token, self.tls.clone());
+            match tokio::time::timeout(CLIENT_TIMEOUT_GRACE, cancel).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "durable store could not send a cancel request");
+                }
+                Err(elapsed) => {
+                    tracing::warn!(error = %elapsed, "durable store cancel request unanswered");
+                }
             }
+            drop(self);
         });
     }
 }
 
-/// bb8-postgres's manager, with a statement cache per connection.
+/// bb8-postgres's manager, with a statement cache per connection (unless `prepare` is off).
 pub(super) struct OwnedManager<T: PoolTls> {
     manager: PostgresConnectionManager<T>,
     tls: T,
+    canceller: Canceller,
+    /// False behind a transaction-mode pooler: a prepared statement lives on one server
+    /// connection, and the next transaction may get another one.
+    prepare: bool,
 }
 
 impl<T: PoolTls> OwnedManager<T> {
-    pub(super) fn new(pg: tokio_postgres::Config, tls: T) -> Self {
+    pub(super) fn new(
+        pg: tokio_postgres::Config,
+        tls: T,
+        canceller: Canceller,
+        prepare: bool,
+    ) -> Self {
         OwnedManager {
             manager: PostgresConnectionManager::new(pg, tls.clone()),
             tls,
+            canceller,
+            prepare,
         }
     }
 }
@@ -125,9 +146,10 @@ impl<T: PoolTls> ManageConnection for OwnedManager<T> {
         let client = self.manager.connect().await?;
         Ok(PreparedClient {
             client,
-            prepared: Prepared::default(),
+            prepared: self.prepare.then(Prepared::default),
             broken: AtomicBool::new(false),
             tls: self.tls.clone(),
+            canceller: self.canceller.clone(),
         })
     }
 

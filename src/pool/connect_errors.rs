@@ -7,14 +7,17 @@ use bb8::ErrorSink;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::error::PgError;
+use crate::error::{Error, PgError};
 
 /// bb8's error sink for an owned pool: bb8 reports connection failures only here (its `get`
 /// only ever says "timed out"), so the last one is kept to explain a failed checkout.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct ConnectErrors {
     last: Arc<Mutex<Option<(Instant, PgError)>>>,
     fatal: Arc<Notify>,
+    /// `Config::transaction_pooling`: whether the `options` a pooler refused were the store's
+    /// own or the connection string's.
+    transaction_pooling: bool,
 }
 
 impl std::fmt::Debug for ConnectErrors {
@@ -24,6 +27,35 @@ impl std::fmt::Debug for ConnectErrors {
 }
 
 impl ConnectErrors {
+    pub(super) fn new(transaction_pooling: bool) -> Self {
+        ConnectErrors {
+            last: Arc::default(),
+            fatal: Arc::default(),
+            transaction_pooling,
+        }
+    }
+
+    /// What a failed connection attempt is reported as: [`Error::Unavailable`] with the
+    /// server's reason; but [`Error::InvalidConfig`] saying what to change when a pooler refused
+    /// the startup parameter `options` (pgBouncer does, in every pool mode), which carries the
+    /// statement timeout unless `Config::transaction_pooling` is on.
+    pub(super) fn explain(&self, source: PgError) -> Error {
+        if !refuses_options(source.driver()) {
+            return Error::unavailable(source);
+        }
+        let fix = if self.transaction_pooling {
+            "the connection string sets `options`: remove it (the store sends none itself with \
+             Config::transaction_pooling)"
+        } else {
+            "set Config::transaction_pooling(true), which sends none and sets the statement \
+             timeout per statement"
+        };
+        Error::InvalidConfig(format!(
+            "the server refused the startup parameter `options` ({source}): a connection \
+             pooler such as pgBouncer is in front of it; {fix}"
+        ))
+    }
+
     fn last(&self) -> Option<(Instant, PgError)> {
         // A poisoned lock only means another thread panicked mid-assignment of an Option;
         // the value is still a valid Option.
@@ -61,7 +93,17 @@ fn is_fatal(error: &tokio_postgres::Error) -> bool {
         // 28: invalid authorization (wrong password, no pg_hba entry); 3D000: no such database.
         code.starts_with("28") || code == "3D000"
     });
-    refused || is_bad_certificate(error)
+    refused || refuses_options(error) || is_bad_certificate(error)
+}
+
+/// pgBouncer's answer to a startup packet with `options` it was not told to ignore
+/// (`ignore_startup_parameters`): "unsupported startup parameter: options" (08P01, FATAL).
+fn refuses_options(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        db.message()
+            .strip_prefix("unsupported startup parameter")
+            .is_some_and(|rest| rest.contains("options"))
+    })
 }
 
 /// A certificate that does not verify will not verify on the next try either. rustls's error

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod latency;
+pub mod pgbouncer;
 
 /// Runs each scenario (an `async fn(store)` taking anything `From` a store actor's address)
 /// twice: on a `MemoryStore`, and on a `DurableStoreActor` over a fresh schema.
