@@ -47,6 +47,7 @@ mod memory;
 mod messages;
 mod pool;
 mod queue;
+mod registry;
 mod repository;
 mod sql;
 mod state;
@@ -58,9 +59,11 @@ mod tls;
 mod version;
 
 pub use crate::behavior::harness::{BehaviorTest, Then};
-pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand};
+pub use crate::behavior::{
+    CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand, HandleCommandAsync,
+};
 pub use crate::config::{Config, VersionCheck};
-pub use crate::entity::{DurableEntity, Passivate, RecoveryPolicy, Sharding, StateStore};
+pub use crate::entity::{DurableEntity, GetState, Passivate, RecoveryPolicy, Sharding, StateStore};
 #[cfg(feature = "serde")]
 pub use crate::error::JsonError;
 pub use crate::error::{Error, InvalidInput, PgError};
@@ -72,6 +75,8 @@ pub use crate::messages::{
     CreateSchema, CurrentStates, DeleteState, Disconnect, GetLatestState, GetRevision,
     ListPersistenceIds, Ping, PurgeDeleted, Revision, WriteOutcome, WriteState,
 };
+pub use crate::registry::publish::StateChanged;
+pub use crate::registry::{EntityRegistry, RegistryBuilder, RegistryStats};
 pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN, RowFormat};
 pub use crate::store::{DurableStoreActor, Enqueue, Queued};
 pub use crate::tls::{PoolTls, SslMode};
