@@ -309,10 +309,37 @@ async fn beyond_max_live_the_least_recently_used_is_passivated(store: StateStore
     }
     let stats = registry.stats();
     assert!(stats.passivations >= 20, "{stats:?}");
+    assert_eq!(stats.peak_actors, 3, "never more actors than max_live");
     // Every entity, passivated or not, has what it acknowledged.
     assert_eq!(entries(&registry, "a").await, (vec![1, 1], 2));
     assert_eq!(entries(&registry, "b").await, (vec![1], 1));
     assert_eq!(entries(&registry, "many-3").await, (vec![3], 1));
+    registry.stop().await;
+}
+
+async fn a_burst_beyond_max_live_waits_for_room(store: StateStore) {
+    let (registry, _) = ledgers(store, |b| b.max_live(10));
+    // 200 ids at once, three commands each, sent before any entity has answered.
+    let sends: Vec<_> = (0..200)
+        .flat_map(|i| {
+            let id = format!("burst-{i:03}");
+            [1, 2, 3].map(|value| registry.send(&id, Append(value)))
+        })
+        .collect();
+    let stats = registry.stats();
+    assert_eq!((stats.live, stats.waiting), (0, 190), "{stats:?}");
+    let replies = within("the burst", join_all(sends)).await;
+    for (n, reply) in replies.into_iter().enumerate() {
+        let expected = (n % 3) as u64 + 1;
+        assert_eq!(reply.unwrap().1, expected, "in order, once each");
+    }
+    let stats = registry.stats();
+    assert_eq!(
+        stats.peak_actors, 10,
+        "never more actors than max_live: {stats:?}"
+    );
+    assert_eq!(stats.waiting, 0);
+    assert_eq!(stats.activations, 200);
     registry.stop().await;
 }
 
@@ -388,6 +415,7 @@ async fn churn_never_drops_or_repeats_a_command(store: StateStore) {
     }
     let stats = registry.stats();
     assert!(stats.passivations > 8, "{stats:?}");
+    assert!(stats.peak_actors <= 2, "{stats:?}");
     registry.stop().await;
 }
 
@@ -620,6 +648,7 @@ on_both_backends!(
     concurrent_first_commands_start_one_actor,
     idle_entities_are_passivated_and_come_back,
     beyond_max_live_the_least_recently_used_is_passivated,
+    a_burst_beyond_max_live_waits_for_room,
     a_command_racing_a_passivation_goes_to_the_next_incarnation,
     churn_never_drops_or_repeats_a_command,
     async_handlers_run_one_at_a_time_in_mailbox_order,

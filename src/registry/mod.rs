@@ -24,7 +24,7 @@ use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
 use crate::entity::{DurableEntity, GetState, OnDrop, RecoveryPolicy, Sharding, StateStore};
 use crate::error::{Error, InvalidInput};
 use crate::registry::publish::{Publish, StateChanged, Subscribers};
-use crate::registry::table::{Live, Table};
+use crate::registry::table::{Live, Table, Waiter};
 use crate::state::validate_persistence_id;
 
 /// How a registry makes a behavior for an id.
@@ -46,10 +46,11 @@ type Factory<B> = dyn Fn(&str) -> B + Send + Sync;
 ///   called: `send` puts the command into the entity's mailbox before it returns, so the
 ///   returned future only waits for the reply (like [`Addr::send`]).
 /// - **Passivation.** An entity no command was sent to for [`idle_timeout`] (default 2 minutes)
-///   is stopped, and so is the least recently used one when starting another would exceed
-///   [`max_live`] (default 100,000). Passivating lets the entity finish the commands already in
-///   its mailbox; a command sent meanwhile waits and is delivered to the next incarnation,
-///   which recovers the state from the store: never dropped, never answered twice.
+///   is stopped, and so is the least recently used one when another must start and
+///   [`max_live`] actors (default 100,000) are alive: never more than that. Passivating lets
+///   the entity finish the commands already in its mailbox; a command sent meanwhile waits and
+///   is delivered to the next incarnation, which recovers the state from the store: never
+///   dropped, never answered twice.
 /// - **Recovery at scale.** Entities recover through the store's batched reads, so 10,000
 ///   activations at once cost a few dozen statements.
 /// - **Errors** arrive as the command's own [`CommandError`]: a stopped registry answers
@@ -119,8 +120,10 @@ pub struct RegistryStats {
     pub live: usize,
     /// Entities being passivated: their actor finishes the commands it holds, then stops.
     pub passivating: usize,
-    /// The most entity actors alive at once, live and passivating together. Can exceed
-    /// `max_live` by the entities still passivating when others start.
+    /// Ids with commands waiting for room under `max_live` before their entity starts.
+    pub waiting: usize,
+    /// The most entity actors alive at once, live and passivating together: at most
+    /// `max_live`.
     pub peak_actors: usize,
     /// Entity actors started (first use, or use after passivation).
     pub activations: u64,
@@ -170,8 +173,10 @@ where
         self
     }
 
-    /// The most entities live at once; starting one more passivates the least recently used.
-    /// At least 1 (0 is taken as 1).
+    /// The most entity actors alive at once, live and passivating together. A command for an
+    /// entity that is not live when there is no room waits: the least recently used live
+    /// entity is passivated, and once it has stopped, the entity that has waited longest
+    /// starts. At least 1 (0 is taken as 1).
     ///
     /// Defaults to [`EntityRegistry::DEFAULT_MAX_LIVE`] (100,000).
     #[must_use]
@@ -351,6 +356,7 @@ where
         RegistryStats {
             live: table.live.len(),
             passivating: table.stopping.len(),
+            waiting: table.waiting(),
             peak_actors: table.peak_actors,
             activations: table.activations,
             passivations: table.passivations,
@@ -399,6 +405,23 @@ where
 /// A closure that starts an entity actor on the registry's arbiter.
 type StartEntity = Box<dyn FnOnce() + Send>;
 
+/// A waiter that delivers a message with `deliver` once the entity (re)starts, and the
+/// receiver of what `deliver` returns.
+fn waiter<B, T>(
+    deliver: impl FnOnce(&Addr<DurableEntity<B>>) -> T + Send + 'static,
+) -> (Waiter<B>, oneshot::Receiver<T>)
+where
+    B: DurableStateBehavior,
+    T: Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let waiter: Waiter<B> = Box::new(move |next| {
+        // The caller may have stopped waiting; the message is delivered anyway.
+        let _ = tx.send(deliver(next));
+    });
+    (waiter, rx)
+}
+
 impl<B: DurableStateBehavior> Shared<B>
 where
     B::State: Send,
@@ -408,16 +431,17 @@ where
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands a message for `id` to its live actor now (starting one if there is none), or
-    /// queues it for the next incarnation if the entity is passivating. `deliver` puts the
-    /// message in the mailbox; it runs under the table's lock, so messages enter one entity's
-    /// mailbox in the order they were routed, and never behind its `Passivate`.
+    /// Hands a message for `id` to its live actor now (starting one if there is none and there
+    /// is room), or queues it for the entity's next start: after its passivation, or once
+    /// there is room under `max_live`. `deliver` puts the message in the mailbox; it runs under
+    /// the table's lock, so messages enter one entity's mailbox in the order they were routed,
+    /// and never behind its `Passivate`.
     fn route<T: Send + 'static>(
         self: &Arc<Self>,
         id: &str,
         deliver: impl FnOnce(&Addr<DurableEntity<B>>) -> T + Send + 'static,
     ) -> Routed<T> {
-        let mut start = None;
+        let mut starts = Vec::new();
         let routed = {
             let mut table = self.lock();
             if table.stopped {
@@ -425,50 +449,68 @@ where
             } else if let Some(live) = table.live.get_mut(id) {
                 live.last_used = Instant::now();
                 Routed::Now(deliver(&live.addr))
-            } else if let Some(stopping) = table.stopping.get_mut(id) {
-                let (tx, rx) = oneshot::channel();
-                stopping.waiters.push(Box::new(move |next| {
-                    // The caller may have stopped waiting; the command is delivered anyway.
-                    let _ = tx.send(deliver(next));
-                }));
-                Routed::Later(rx)
+            } else if let Some(waiters) = table.waiters_mut(id) {
+                let (waiter, reply) = waiter(deliver);
+                waiters.push(waiter);
+                Routed::Later(reply)
             } else if let Err(invalid) = validate_persistence_id(id) {
                 Routed::Refused(Undelivered::InvalidId(invalid))
-            } else {
-                let (addr, job) = self.activate(&mut table, id);
-                start = Some(job);
+            } else if table.actors() < self.max_live && table.waiting() == 0 {
+                let addr = self.activate(&mut table, id.to_owned(), &mut starts);
                 Routed::Now(deliver(&addr))
+            } else {
+                let (waiter, reply) = waiter(deliver);
+                table.wait_for_room(id.to_owned(), vec![waiter]);
+                self.make_room(&mut table, &mut starts);
+                Routed::Later(reply)
             }
         };
         // Outside the lock: a job the arbiter refuses is dropped at once, and dropping it runs
         // the entity's `OnDrop`, which takes the lock.
-        if let Some(job) = start {
-            self.spawn(job);
+        for start in starts {
+            self.spawn(start);
         }
         routed
     }
 
-    /// Makes `id` live with a new incarnation, passivating the least recently used entities
-    /// beyond `max_live`. Returns its address (messages sent to it wait in its mailbox until
-    /// it runs) and the job that starts it, to be run without the lock held.
-    fn activate(
-        self: &Arc<Self>,
-        table: &mut Table<B>,
-        id: &str,
-    ) -> (Addr<DurableEntity<B>>, StartEntity) {
-        while table.live.len() >= self.max_live {
+    /// Starts the ids waiting for room while there is room, oldest first, delivering their
+    /// commands in the order they arrived; then passivates the least recently used live
+    /// entities until each id still waiting has a passivating entity whose stop will make its
+    /// room. So at most `max_live` actors are ever alive.
+    fn make_room(self: &Arc<Self>, table: &mut Table<B>, starts: &mut Vec<StartEntity>) {
+        while table.actors() < self.max_live {
+            let Some((id, waiters)) = table.next_waiting() else {
+                break;
+            };
+            let addr = self.activate(table, id, starts);
+            for waiter in waiters {
+                waiter(&addr);
+            }
+        }
+        while table.stopping.len() < table.waiting() {
             match table.live.pop_lru() {
-                Some((old_id, old)) => table.passivate(old_id, old),
+                Some((id, live)) => table.passivate(id, live),
                 None => break,
             }
         }
+    }
+
+    /// Makes `id` live with a new incarnation. Returns its address (messages sent to it wait in
+    /// its mailbox until it runs); the job that starts it goes to `starts`, to be run without
+    /// the lock held.
+    fn activate(
+        self: &Arc<Self>,
+        table: &mut Table<B>,
+        id: String,
+        starts: &mut Vec<StartEntity>,
+    ) -> Addr<DurableEntity<B>> {
         let generation = table.next_generation();
         // Unbounded: a send never parks, so every message is in the mailbox when `send`
         // returns (the order guarantee); callers each wait for their reply, which bounds it.
         let (tx, rx) = channel::channel(0);
         let addr = Addr::new(tx);
         table.add_live(
-            id.to_owned(),
+            id.clone(),
             Live {
                 addr: addr.clone(),
                 generation,
@@ -477,7 +519,7 @@ where
         );
         let gone = {
             let registry = Arc::downgrade(self);
-            let id = id.to_owned();
+            let id = id.clone();
             OnDrop::new(move || {
                 if let Some(registry) = registry.upgrade() {
                     registry.gone(&id, generation);
@@ -485,8 +527,7 @@ where
             })
         };
         let shared = Arc::clone(self);
-        let id = id.to_owned();
-        let job: StartEntity = Box::new(move || {
+        starts.push(Box::new(move || {
             let behavior = (shared.factory)(&id);
             if behavior.persistence_id() != id {
                 tracing::error!(
@@ -505,8 +546,8 @@ where
             drop(shared);
             let context = Context::with_receiver(rx);
             actix::spawn(context.into_future(entity));
-        });
-        (addr, job)
+        }));
+        addr
     }
 
     /// Starts an entity on the arbiter; a dead arbiter stops the registry.
@@ -517,28 +558,30 @@ where
         }
     }
 
-    /// Incarnation `generation` of `id` is gone: frees its slot and, if commands wait for it,
-    /// starts the next incarnation and delivers them in the order they arrived.
+    /// Incarnation `generation` of `id` is gone: frees its place. Commands that wait for its
+    /// next incarnation queue for room like a new id (behind the ids already waiting), and the
+    /// room it made goes to the id that has waited longest.
     fn gone(self: &Arc<Self>, id: &str, generation: u64) {
-        let mut start = None;
+        let mut starts = Vec::new();
         {
             let mut table = self.lock();
             let waiters = table.remove(id, generation);
-            if !waiters.is_empty() && !table.stopped {
-                let (addr, job) = self.activate(&mut table, id);
-                start = Some(job);
-                for waiter in waiters {
-                    waiter(&addr);
+            if table.stopped {
+                // Waiters of a stopped registry are dropped here: their callers are answered
+                // `RegistryStopped`.
+                drop(waiters);
+                if table.actors() == 0 {
+                    self.all_stopped.notify_waiters();
                 }
-            }
-            // Waiters of a stopped registry are dropped here: their callers are answered
-            // `RegistryStopped`.
-            if table.stopped && table.actors() == 0 {
-                self.all_stopped.notify_waiters();
+            } else {
+                if !waiters.is_empty() {
+                    table.wait_for_room(id.to_owned(), waiters);
+                }
+                self.make_room(&mut table, &mut starts);
             }
         }
-        if let Some(job) = start {
-            self.spawn(job);
+        for start in starts {
+            self.spawn(start);
         }
     }
 

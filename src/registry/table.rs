@@ -1,7 +1,8 @@
-//! The routing table of a registry: per id, a live actor or a passivating one with the commands
-//! that wait for its successor. Only ever touched under the registry's lock.
+//! The routing table of a registry: per id, a live actor, a passivating one with the commands
+//! that wait for its successor, or none yet with the commands that wait for room under
+//! `max_live`. Only ever touched under the registry's lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use actix::Addr;
@@ -33,6 +34,9 @@ pub(super) struct Table<B: DurableStateBehavior> {
     /// Live entities, least recently used last.
     pub(super) live: LruCache<String, Live<B>>,
     pub(super) stopping: HashMap<String, Stopping<B>>,
+    /// Ids waiting for room to start, first come first served, with their commands.
+    waiting: VecDeque<String>,
+    waiters: HashMap<String, Vec<Waiter<B>>>,
     pub(super) stopped: bool,
     generations: u64,
     pub(super) peak_actors: usize,
@@ -45,6 +49,8 @@ impl<B: DurableStateBehavior> Default for Table<B> {
         Table {
             live: LruCache::unbounded(),
             stopping: HashMap::new(),
+            waiting: VecDeque::new(),
+            waiters: HashMap::new(),
             stopped: false,
             generations: 0,
             peak_actors: 0,
@@ -55,10 +61,36 @@ impl<B: DurableStateBehavior> Default for Table<B> {
 }
 
 impl<B: DurableStateBehavior> Table<B> {
-    /// Entity actors alive: an id is live or passivating, never both, so each slot is one
-    /// actor.
+    /// Entity actors alive: an id is live, passivating or waiting, never two of them, and each
+    /// live or passivating slot is one actor.
     pub(super) fn actors(&self) -> usize {
         self.live.len() + self.stopping.len()
+    }
+
+    /// Ids waiting for room to start.
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The commands waiting for `id` to (re)start, if it is passivating or waiting for room.
+    pub(super) fn waiters_mut(&mut self, id: &str) -> Option<&mut Vec<Waiter<B>>> {
+        match self.stopping.get_mut(id) {
+            Some(stopping) => Some(&mut stopping.waiters),
+            None => self.waiters.get_mut(id),
+        }
+    }
+
+    /// Queues `id`, which is neither live nor passivating, to start when there is room.
+    pub(super) fn wait_for_room(&mut self, id: String, waiters: Vec<Waiter<B>>) {
+        self.waiting.push_back(id.clone());
+        self.waiters.insert(id, waiters);
+    }
+
+    /// The id that has waited longest for room, with its commands.
+    pub(super) fn next_waiting(&mut self) -> Option<(String, Vec<Waiter<B>>)> {
+        let id = self.waiting.pop_front()?;
+        let waiters = self.waiters.remove(&id).unwrap_or_default();
+        Some((id, waiters))
     }
 
     pub(super) fn next_generation(&mut self) -> u64 {
@@ -111,8 +143,8 @@ impl<B: DurableStateBehavior> Table<B> {
         Vec::new()
     }
 
-    /// Refuses new commands and passivates every live entity; commands waiting for a restart
-    /// are dropped (their callers are answered that the registry stopped).
+    /// Refuses new commands and passivates every live entity; commands waiting for a start
+    /// or a restart are dropped (their callers are answered that the registry stopped).
     pub(super) fn stop(&mut self) {
         self.stopped = true;
         while let Some((id, live)) = self.live.pop_lru() {
@@ -121,5 +153,7 @@ impl<B: DurableStateBehavior> Table<B> {
         for stopping in self.stopping.values_mut() {
             stopping.waiters.clear();
         }
+        self.waiting.clear();
+        self.waiters.clear();
     }
 }
