@@ -482,9 +482,12 @@ async fn state_reads_need_no_handler(store: StateStore) {
     registry.stop().await;
 }
 
+/// The events a collector was told of.
+type Seen = Arc<Mutex<Vec<StateChanged<LedgerState>>>>;
+
 /// Collects what it is told; `stall` makes it stop reading its mailbox after the first event.
 struct Collector {
-    seen: Arc<Mutex<Vec<StateChanged<LedgerState>>>>,
+    seen: Seen,
     capacity: usize,
     stall: bool,
 }
@@ -506,13 +509,7 @@ impl Handler<StateChanged<LedgerState>> for Collector {
     }
 }
 
-fn collector(
-    capacity: usize,
-    stall: bool,
-) -> (
-    actix::Addr<Collector>,
-    Arc<Mutex<Vec<StateChanged<LedgerState>>>>,
-) {
+fn collector(capacity: usize, stall: bool) -> (actix::Addr<Collector>, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let addr = Collector {
         seen: Arc::clone(&seen),
@@ -540,7 +537,7 @@ async fn subscribers_see_each_state_in_version_order(store: StateStore) {
     within("the commands", join_all(runs)).await;
     eventually("every event", || seen.lock().unwrap().len() == 63).await;
 
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     for id in ids {
         let events: Vec<_> = seen.iter().filter(|e| e.persistence_id == id).collect();
         let versions: Vec<u64> = events.iter().map(|e| e.version).collect();

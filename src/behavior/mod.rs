@@ -96,7 +96,8 @@ impl<M: prost::Message + prost::Name + Default> EntityState for M {
 /// `DurableStateBehavior`.
 ///
 /// Implement this trait for your entity type (it may carry any fields of its own), and
-/// [`HandleCommand`] once per command type; then start it with
+/// [`HandleCommand`] (or [`HandleCommandAsync`]) once per command type; then run the entities
+/// by id with an [`EntityRegistry`](crate::EntityRegistry), or start one with
 /// [`DurableEntity::new`](crate::DurableEntity::new). The entity actor does the rest: it
 /// recovers the latest state from the store before handling the first command, persists each
 /// new state (version + 1) before replying, and never lets two commands interleave.
@@ -167,7 +168,8 @@ pub trait DurableStateBehavior: Unpin + 'static {
 
 /// How a [`DurableStateBehavior`] decides on the command `C`.
 ///
-/// `C` must be an actix message replying `Result<Self::Reply, CommandError<Self::Error>>`.
+/// `C` must be an actix message replying `Result<Self::Reply, CommandError<Self::Error>>`. A
+/// decision that must wait (for another service) implements [`HandleCommandAsync`] instead.
 pub trait HandleCommand<C>: DurableStateBehavior {
     /// What a successful command replies.
     type Reply;
