@@ -24,7 +24,7 @@ use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
 use crate::entity::{DurableEntity, GetState, OnDrop, RecoveryPolicy, Sharding, StateStore};
 use crate::error::{Error, InvalidInput};
 use crate::registry::publish::{Publish, StateChanged, Subscribers};
-use crate::registry::table::{Live, Table, Waiter};
+use crate::registry::table::{Table, Waiter};
 use crate::state::validate_persistence_id;
 
 /// How a registry makes a behavior for an id.
@@ -163,8 +163,8 @@ where
 {
     /// How long an entity may go without a command before it is passivated; `None` keeps
     /// entities until `max_live` or [`EntityRegistry::stop`] passivates them. Idle entities are
-    /// found by a sweep every quarter of the timeout (at most every 30 s), so one stops between
-    /// `idle_timeout` and that much later.
+    /// found by a sweep every eighth of the timeout (at most every 15 s), so one is passivated
+    /// between `idle_timeout` and two sweeps later.
     ///
     /// Defaults to [`EntityRegistry::DEFAULT_IDLE_TIMEOUT`] (2 minutes, as Akka's default).
     #[must_use]
@@ -332,14 +332,7 @@ where
     /// Passivates the entity `id` now if it is live: it answers the commands it already holds,
     /// then stops; later commands go to a new incarnation. Returns whether it was live.
     pub fn passivate(&self, id: &str) -> bool {
-        let mut table = self.shared.lock();
-        match table.live.pop(id) {
-            Some(live) => {
-                table.passivate(id.to_owned(), live);
-                true
-            }
-            None => false,
-        }
+        self.shared.lock().passivate_id(id)
     }
 
     /// Publishes a [`StateChanged`] to `subscriber` after each state an entity of this registry
@@ -354,8 +347,8 @@ where
     pub fn stats(&self) -> RegistryStats {
         let table = self.shared.lock();
         RegistryStats {
-            live: table.live.len(),
-            passivating: table.stopping.len(),
+            live: table.live(),
+            passivating: table.passivating(),
             waiting: table.waiting(),
             peak_actors: table.peak_actors,
             activations: table.activations,
@@ -446,9 +439,8 @@ where
             let mut table = self.lock();
             if table.stopped {
                 Routed::Refused(Undelivered::Stopped)
-            } else if let Some(live) = table.live.get_mut(id) {
-                live.last_used = Instant::now();
-                Routed::Now(deliver(&live.addr))
+            } else if let Some(addr) = table.touch(id) {
+                Routed::Now(deliver(addr))
             } else if let Some(waiters) = table.waiters_mut(id) {
                 let (waiter, reply) = waiter(deliver);
                 waiters.push(waiter);
@@ -487,12 +479,7 @@ where
                 waiter(&addr);
             }
         }
-        while table.stopping.len() < table.waiting() {
-            match table.live.pop_lru() {
-                Some((id, live)) => table.passivate(id, live),
-                None => break,
-            }
-        }
+        while table.passivating() < table.waiting() && table.passivate_lru() {}
     }
 
     /// Makes `id` live with a new incarnation. Returns its address (messages sent to it wait in
@@ -509,14 +496,7 @@ where
         // returns (the order guarantee); callers each wait for their reply, which bounds it.
         let (tx, rx) = channel::channel(0);
         let addr = Addr::new(tx);
-        table.add_live(
-            id.clone(),
-            Live {
-                addr: addr.clone(),
-                generation,
-                last_used: Instant::now(),
-            },
-        );
+        table.add_live(id.clone(), addr.clone(), generation);
         let gone = {
             let registry = Arc::downgrade(self);
             let id = id.clone();
@@ -591,17 +571,7 @@ where
         if table.stopped {
             return false;
         }
-        let now = Instant::now();
-        // The least recently used entity is the longest idle: stop at the first that is not.
-        while table
-            .live
-            .peek_lru()
-            .is_some_and(|(_, live)| now.duration_since(live.last_used) >= idle_timeout)
-        {
-            if let Some((id, live)) = table.live.pop_lru() {
-                table.passivate(id, live);
-            }
-        }
+        table.passivate_idle(Instant::now(), idle_timeout);
         true
     }
 }
@@ -611,7 +581,9 @@ async fn sweep_idle<B: DurableStateBehavior>(registry: Weak<Shared<B>>, idle_tim
 where
     B::State: Send,
 {
-    let period = (idle_timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(30));
+    // An entity is found idle by the first sweep whose time is `idle_timeout` after a sweep
+    // that followed its last command: between 1 and 1 + 2/8 `idle_timeout` after that command.
+    let period = (idle_timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(15));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
