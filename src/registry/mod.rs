@@ -4,8 +4,9 @@
 //!
 //! Routing is a lookup in a table behind a mutex, not a hop through an actor: `send` finds the
 //! entity's address and puts the command straight into its mailbox, so a command costs one
-//! mailbox, as with a bare `Addr`. The table (`table.rs`) holds, per id, either a live actor or
-//! one that is passivating, with the commands that wait for its successor.
+//! mailbox, as with a bare `Addr`. The table (`table.rs`) holds, per id, a live actor, one that
+//! is passivating with the commands that wait for its successor, or the commands that wait for
+//! room under `max_live` before the entity starts.
 
 pub(crate) mod publish;
 mod table;
