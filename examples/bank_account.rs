@@ -1,21 +1,27 @@
-//! Durable bank accounts: entity actors that persist through `DurableStoreActor`, are stopped,
-//! and come back with exactly the state they acknowledged.
+//! Durable bank accounts by id: an `EntityRegistry` starts each account's actor on first use,
+//! keeps at most `max_live` of them, passivates the least recently used, and recovers them
+//! from PostgreSQL when they are used again. Random commands from many clients, then a full
+//! check: every account's stored balance and version equal what was acknowledged.
 //!
 //! ```text
-//! cargo run --example bank_account [ACCOUNTS]
+//! cargo run --release --example bank_account [ACCOUNTS] [MAX_LIVE] [COMMANDS]
 //! ```
-//! Uses `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and its own schema
-//! `durablestore_bank_example`, emptied on start. Exits non-zero if any recovered account differs
-//! from what was acknowledged before the restart.
+//! Defaults: 10,000 accounts, 1,000 live at most, 100,000 random commands. Uses `DATABASE_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`) and its own schema
+//! `durablestore_bank_example`, emptied on start. Prints the peak number of live entity actors
+//! and the process's peak RSS; exits non-zero if any account differs from what was
+//! acknowledged. (`tests/bank_account.rs` runs it on a smaller bank.)
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, Message};
+use actix::{Actor, Context, Handler, Message};
 use durablestore_postgres::{
-    CommandError, Config, CreateSchema, DurableEntity, DurableStateBehavior, DurableStoreActor,
-    Effect, HandleCommand, Passivate, Ping,
+    CommandError, Config, DurableStateBehavior, DurableStore, Effect, EntityRegistry,
+    HandleCommand, RegistryStats, StateChanged,
 };
 use futures_util::future::join_all;
 
@@ -199,50 +205,267 @@ impl HandleCommand<GetBalance> for Account {
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const SCHEMA: &str = "durablestore_bank_example";
-const COMMANDS_PER_ACCOUNT: u64 = 20;
 
-fn start_account(id: &str, store: &Addr<DurableStoreActor>) -> Addr<DurableEntity<Account>> {
-    let account = Account {
-        id: id.to_owned(),
-        overdraft_cents: 0,
-    };
-    DurableEntity::new(account, store.clone()).start()
+/// How big a bank to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Bank {
+    pub accounts: usize,
+    pub max_live: usize,
+    pub commands: usize,
+    /// Clients sending commands at once, each waiting for its reply before the next.
+    pub clients: usize,
 }
 
-/// Runs a deterministic mix of commands against one account; returns the last acknowledged
-/// balance and how many withdrawals were refused for lack of funds.
-async fn exercise(account: Addr<DurableEntity<Account>>, n: u64) -> Result<(Balance, u64), String> {
-    let fail = |e: CommandError<BankError>| e.to_string();
-    let mut last = account
-        .send(Open {
-            owner: format!("owner {n}"),
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(fail)?;
-    let mut refused = 0;
-    for step in 1..COMMANDS_PER_ACCOUNT {
-        // A small linear congruential sequence: the same run every time, varied per account.
-        let amount = ((n * 7919 + step * 104_729) % 5000) as i64 + 1;
-        let reply = if step % 3 == 0 {
-            account.send(Withdraw(amount)).await
-        } else {
-            account.send(Deposit(amount)).await
-        }
-        .map_err(|e| e.to_string())?;
-        match reply {
-            Ok(balance) => last = balance,
-            Err(CommandError::Rejected(BankError::InsufficientFunds { .. })) => refused += 1,
-            Err(other) => return Err(fail(other)),
+impl Default for Bank {
+    fn default() -> Self {
+        Bank {
+            accounts: 10_000,
+            max_live: 1_000,
+            commands: 100_000,
+            clients: 500,
         }
     }
-    Ok((last, refused))
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    pub stats: RegistryStats,
+    /// States persisted and acknowledged.
+    pub persisted: u64,
+    /// States the audit subscriber was told of.
+    pub published: u64,
+}
+
+fn account_id(n: usize) -> String {
+    format!("account-{n:05}")
+}
+
+fn accounts(
+    store: &DurableStore,
+    max_live: usize,
+) -> Result<EntityRegistry<Account>, durablestore_postgres::Error> {
+    EntityRegistry::builder(store.clone(), |id: &str| Account {
+        id: id.to_owned(),
+        overdraft_cents: 0,
+    })
+    .max_live(max_live)
+    .start()
+}
+
+/// The acknowledged history of each account: balance by version. A version acknowledged twice
+/// is an error.
+#[derive(Default)]
+struct Acknowledged(BTreeMap<String, BTreeMap<u64, i64>>);
+
+impl Acknowledged {
+    fn record(&mut self, id: &str, balance: Balance) -> Result<(), String> {
+        let versions = self.0.entry(id.to_owned()).or_default();
+        match versions.insert(balance.version, balance.cents) {
+            None => Ok(()),
+            Some(_) => Err(format!(
+                "{id}: version {} acknowledged twice",
+                balance.version
+            )),
+        }
+    }
+}
+
+/// Counts the state changes it is told of: an audit log would store them.
+struct Audit {
+    seen: Arc<AtomicU64>,
+}
+
+impl Actor for Audit {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Room for any burst this example makes: a full mailbox would drop events.
+        ctx.set_mailbox_capacity(1_000_000);
+    }
+}
+
+impl Handler<StateChanged<AccountState>> for Audit {
+    type Result = ();
+    fn handle(&mut self, _: StateChanged<AccountState>, _: &mut Context<Self>) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An acknowledged reply: the account, its balance and version after the command, and whether
+/// the command wrote that version (a balance query does not).
+type Ack = (String, Balance, bool);
+
+/// One client: `commands` random commands to random accounts, seeded by `client`.
+async fn client(
+    bank: EntityRegistry<Account>,
+    accounts: usize,
+    client: u64,
+    commands: usize,
+) -> Result<Vec<Ack>, String> {
+    let mut rng = fastrand::Rng::with_seed(client);
+    let mut acknowledged = Vec::new();
+    for _ in 0..commands {
+        let id = account_id(rng.usize(..accounts));
+        let cents = rng.i64(1..5_000);
+        let (reply, writes) = match rng.u8(..10) {
+            0..=4 => (bank.send(&id, Deposit(cents)).await, true),
+            5..=7 => (bank.send(&id, Withdraw(cents)).await, true),
+            _ => (bank.send(&id, GetBalance).await, false),
+        };
+        match reply {
+            Ok(balance) => acknowledged.push((id, balance, writes)),
+            Err(CommandError::Rejected(BankError::InsufficientFunds { .. })) => {}
+            Err(other) => return Err(format!("{id}: {other}")),
+        }
+    }
+    Ok(acknowledged)
+}
+
+/// Runs the bank on `config`'s schema, which it empties first.
+pub async fn run(config: Config, bank: Bank) -> Result<Report, Box<dyn std::error::Error>> {
+    empty_schema(&config).await?;
+    let store = DurableStore::new(config)?;
+    store.create_schema().await?;
+    println!(
+        "{} accounts, at most {} live, {} random commands from {} clients",
+        bank.accounts, bank.max_live, bank.commands, bank.clients
+    );
+    let registry = accounts(&store, bank.max_live)?;
+    let published = Arc::new(AtomicU64::new(0));
+    let audit = Audit {
+        seen: Arc::clone(&published),
+    }
+    .start();
+    registry.subscribe(audit.recipient());
+
+    // 1. Open every account: each one starts (recovering: nothing stored yet) on first use.
+    let started = Instant::now();
+    let ids: Vec<String> = (0..bank.accounts).map(account_id).collect();
+    let opened = join_all(ids.iter().map(|id| {
+        let owner = format!("owner of {id}");
+        registry.send(id, Open { owner })
+    }))
+    .await;
+    let mut acknowledged = Acknowledged::default();
+    for (id, reply) in ids.iter().zip(opened) {
+        acknowledged.record(id, reply.map_err(|e| format!("{id}: {e}"))?)?;
+    }
+    println!(
+        "opened {} accounts in {:.2?}",
+        bank.accounts,
+        started.elapsed()
+    );
+
+    // 2. Random commands: most accounts are passivated and recovered again and again.
+    let started = Instant::now();
+    let per_client = bank.commands / bank.clients.max(1);
+    let runs =
+        (0..bank.clients as u64).map(|n| client(registry.clone(), bank.accounts, n, per_client));
+    let mut commands = 0;
+    let mut queries = Vec::new();
+    for run in join_all(runs).await {
+        let run = run?;
+        commands += run.len();
+        for (id, balance, writes) in run {
+            if writes {
+                acknowledged.record(&id, balance)?;
+            } else {
+                queries.push((id, balance));
+            }
+        }
+    }
+    // A balance query answers a version some command acknowledged, with its balance.
+    for (id, balance) in queries {
+        if acknowledged.0[&id].get(&balance.version) != Some(&balance.cents) {
+            return Err(format!("{id}: a query answered {balance:?}, never acknowledged").into());
+        }
+    }
+    let elapsed = started.elapsed();
+    let stats = registry.stats();
+    println!(
+        "{commands} commands acknowledged in {elapsed:.2?} ({:.0}/s); {} activations, {} passivations",
+        commands as f64 / elapsed.as_secs_f64(),
+        stats.activations,
+        stats.passivations
+    );
+
+    // 3. Stop: every entity finishes its commands and stops.
+    registry.stop().await;
+    let persisted: u64 = acknowledged.0.values().map(|v| v.len() as u64).sum();
+
+    // 4. A new registry recovers every account; each must be exactly as acknowledged.
+    let check = accounts(&store, bank.max_live)?;
+    let recovered = join_all(ids.iter().map(|id| check.state(id))).await;
+    let mut mismatches = 0;
+    for (id, result) in ids.iter().zip(recovered) {
+        let (state, version) = result.map_err(|e| format!("{id}: {e}"))?;
+        let history = &acknowledged.0[id];
+        let complete = history.keys().copied().eq(1..=version);
+        let expected = history.last_key_value().map(|(v, cents)| (*v, *cents));
+        if !complete || expected != Some((version, state.balance_cents)) {
+            mismatches += 1;
+            eprintln!(
+                "MISMATCH {id}: stored version {version}, balance {}; acknowledged {expected:?}, \
+                 versions 1..={version} each acknowledged once: {complete}",
+                state.balance_cents
+            );
+        }
+    }
+    check.stop().await;
+    if mismatches > 0 {
+        return Err(format!("{mismatches} of {} accounts differ", bank.accounts).into());
+    }
+    println!(
+        "checked all {} accounts: every stored balance and version is the last acknowledged, \
+         and each version was acknowledged exactly once ({persisted} states)",
+        bank.accounts
+    );
+    while published.load(Ordering::Relaxed) + stats.state_changes_dropped < persisted {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let published = published.load(Ordering::Relaxed);
+    println!(
+        "audit subscriber told of {published} state changes ({} dropped)",
+        registry.stats().state_changes_dropped
+    );
+    println!(
+        "peak live entity actors: {} (max_live {}); peak RSS: {}",
+        stats.peak_actors,
+        bank.max_live,
+        peak_rss().unwrap_or_else(|| "unknown".to_owned())
+    );
+    Ok(Report {
+        stats,
+        persisted,
+        published,
+    })
 }
 
 #[actix::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|arg| arg.parse().ok())
+        .collect();
+    let defaults = Bank::default();
+    let bank = Bank {
+        accounts: args.first().copied().unwrap_or(defaults.accounts),
+        max_live: args.get(1).copied().unwrap_or(defaults.max_live),
+        commands: args.get(2).copied().unwrap_or(defaults.commands),
+        ..defaults
+    };
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    let config = match url.parse::<Config>() {
+        Ok(config) => config
+            .schema(SCHEMA)
+            .checkout_timeout(Duration::from_secs(3)),
+        Err(error) => {
+            eprintln!("bank_account: DATABASE_URL: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(config, bank).await {
+        Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("bank_account failed: {error}");
             eprintln!(
@@ -254,91 +477,15 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let accounts: u64 = match std::env::args().nth(1) {
-        Some(n) => n.parse()?,
-        None => 500,
-    };
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-    let config = url
-        .parse::<Config>()?
-        .schema(SCHEMA)
-        .checkout_timeout(Duration::from_secs(3));
-
-    let store = DurableStoreActor::new(config.clone())?.start();
-    store.send(Ping).await??;
-    empty_schema(&config).await?;
-    store.send(CreateSchema).await??;
-    println!("store ready: schema {SCHEMA}, {accounts} accounts × {COMMANDS_PER_ACCOUNT} commands");
-
-    // 1. Many accounts, concurrently.
-    let started = Instant::now();
-    let ids: Vec<String> = (0..accounts).map(|n| format!("account-{n:05}")).collect();
-    let entities: Vec<_> = ids.iter().map(|id| start_account(id, &store)).collect();
-    let results = join_all(
-        entities
-            .iter()
-            .zip(0..)
-            .map(|(entity, n)| exercise(entity.clone(), n)),
-    )
-    .await;
-    let mut acknowledged = BTreeMap::new();
-    let mut refused = 0;
-    for (id, result) in ids.iter().zip(results) {
-        let (balance, r) = result?;
-        refused += r;
-        acknowledged.insert(id.clone(), balance);
-    }
-    let elapsed = started.elapsed();
-    let writes: u64 = acknowledged.values().map(|b| b.version).sum();
-    println!(
-        "ran {} commands in {:.2?}: {writes} states persisted ({:.0}/s), {refused} withdrawals refused for insufficient funds",
-        accounts * COMMANDS_PER_ACCOUNT,
-        elapsed,
-        writes as f64 / elapsed.as_secs_f64()
-    );
-
-    // 2. Stop every entity.
-    for entity in &entities {
-        entity.send(Passivate).await?;
-    }
-    drop(entities);
-    println!("stopped all {accounts} entities");
-
-    // 3. New entity actors for the same ids recover from the store.
-    let recovered = join_all(ids.iter().map(|id| {
-        let entity = start_account(id, &store);
-        async move { entity.send(GetBalance).await }
-    }))
-    .await;
-    let mut mismatches = 0;
-    for (id, result) in ids.iter().zip(recovered) {
-        let now = result?.map_err(|e| e.to_string())?;
-        let before = acknowledged[id];
-        if now != before {
-            mismatches += 1;
-            eprintln!("MISMATCH {id}: acknowledged {before:?}, recovered {now:?}");
-        }
-    }
-    for (id, balance) in acknowledged.iter().take(3) {
-        println!(
-            "  {id}: balance {:>8.2}, version {}",
-            balance.cents as f64 / 100.0,
-            balance.version
-        );
-    }
-    if mismatches > 0 {
-        return Err(
-            format!("{mismatches} of {accounts} accounts recovered a different state").into(),
-        );
-    }
-    println!(
-        "recovered all {accounts} accounts: balances and versions equal what was acknowledged"
-    );
-    Ok(())
+/// The process's peak resident set size (Linux), e.g. "31.2 MB".
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(format!("{:.1} MB", kib * 1024.0 / 1e6))
 }
 
-/// Drops the example's schema so every run starts from empty accounts.
+/// Drops the schema so every run starts from empty accounts.
 async fn empty_schema(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let (client, connection) = config
         .pg_config()
@@ -346,7 +493,10 @@ async fn empty_schema(config: &Config) -> Result<(), Box<dyn std::error::Error>>
         .await?;
     let connection = actix::spawn(connection);
     client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            config.get_schema()
+        ))
         .await?;
     drop(client);
     let _ = connection.await;

@@ -6,10 +6,9 @@
 //! ```
 use std::convert::Infallible;
 
-use actix::{Actor, Message};
+use actix::Message;
 use durablestore_postgres::{
-    CommandError, Config, CreateSchema, DurableEntity, DurableStateBehavior, DurableStoreActor,
-    Effect, HandleCommand,
+    CommandError, Config, DurableStateBehavior, DurableStore, Effect, EntityRegistry, HandleCommand,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -87,22 +86,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let store = DurableStoreActor::new(config)?.start();
-    store.send(CreateSchema).await??; // the schema and table, if missing
-    let account = DurableEntity::new(
-        Account {
-            id: "account-42".into(),
-        },
-        store,
-    )
-    .start();
+    let store = DurableStore::new(config)?;
+    store.create_schema().await?; // the schema and table, if missing
+    // Once per behavior type: entities by id, started on first use, passivated when idle.
+    let accounts =
+        EntityRegistry::builder(store, |id: &str| Account { id: id.to_owned() }).start()?;
 
-    let balance = account.send(Deposit(1_000)).await??;
+    let balance = accounts.send("account-42", Deposit(1_000)).await?;
     println!("deposited; balance {balance}");
-    match account.send(Withdraw(500)).await? {
+    match accounts.send("account-42", Withdraw(500)).await {
         Ok(balance) => println!("withdrawn; balance {balance}"),
         Err(CommandError::Rejected(InsufficientFunds)) => println!("refused"),
         Err(other) => return Err(format!("not persisted: {other:?}").into()),
     }
+    accounts.stop().await; // every entity answers what it holds, then stops
     Ok(())
 }

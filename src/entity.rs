@@ -1,6 +1,7 @@
 //! The actor that runs a [`DurableStateBehavior`]: recovery, persistence, conflicts.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +12,13 @@ use actix::{
     ResponseActFuture,
 };
 
-use crate::behavior::{CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand};
+use crate::behavior::{
+    CommandError, DurableStateBehavior, Effect, EntityState, HandleCommandAsync,
+};
 use crate::error::Error;
 use crate::handle::DurableStore;
 use crate::messages::{DeleteState, GetRevision, Revision, WriteOutcome, WriteState};
+use crate::registry::publish::Publish;
 use crate::state::DurableState;
 
 /// Where an entity reads and writes its state: a [`DurableStore`] handle (its queues are
@@ -186,7 +190,9 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 ///
 /// Transient failures (database unreachable, pool timeout, broken connection) are retried with
 /// exponential backoff, `initial_backoff` doubling up to `max_backoff`, for at most `attempts`
-/// tries; commands wait in the mailbox meanwhile. Permanent failures (a corrupt row, a state of
+/// tries; commands wait in the mailbox meanwhile. Each wait is drawn at random between half
+/// that backoff and all of it ("equal jitter"), so thousands of entities that failed together
+/// (an outage) spread their retries instead of retrying in lockstep. Permanent failures (a corrupt row, a state of
 /// another type) are not retried. An entity that is still not recovered then answers each
 /// command by trying once more and, if that fails, with [`CommandError::Recovery`]: it never
 /// handles a command against a state it did not load, and it heals by itself once the store
@@ -201,8 +207,21 @@ pub struct RecoveryPolicy {
     pub max_backoff: Duration,
 }
 
+impl RecoveryPolicy {
+    /// The wait after failed try number `tried` (1 for the first): the exponential backoff,
+    /// scaled by `jitter` (in `[0, 1)`) into its upper half.
+    fn backoff(&self, tried: u32, jitter: f64) -> Duration {
+        let backoff = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(tried.saturating_sub(1)))
+            .min(self.max_backoff);
+        backoff.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+    }
+}
+
 impl Default for RecoveryPolicy {
-    /// 6 tries, 100 ms doubling up to 2 s: about 5 s of waiting before commands fail.
+    /// 6 tries, 100 ms doubling up to 2 s, each wait jittered down by up to half: 2.5 to 5 s of
+    /// waiting before commands fail.
     fn default() -> Self {
         RecoveryPolicy {
             attempts: 6,
@@ -254,6 +273,28 @@ pub struct DurableEntity<B: DurableStateBehavior> {
     recovery: RecoveryPolicy,
     /// The last persisted state and its version; `None` until recovery succeeded.
     current: Option<(B::State, u64)>,
+    /// Who hears of each persisted state (set by an [`EntityRegistry`](crate::EntityRegistry)).
+    subscribers: Option<Arc<dyn Publish<B::State>>>,
+    /// Run when the actor is dropped, stopped or never started: how a registry learns that this
+    /// incarnation is gone and the next may start.
+    on_drop: Option<OnDrop>,
+}
+
+/// A callback run once, when dropped.
+pub(crate) struct OnDrop(Option<Box<dyn FnOnce() + Send>>);
+
+impl OnDrop {
+    pub(crate) fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        OnDrop(Some(Box::new(f)))
+    }
+}
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
 }
 
 impl<B: DurableStateBehavior> fmt::Debug for DurableEntity<B> {
@@ -275,7 +316,21 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             sharding: Sharding::default(),
             recovery: RecoveryPolicy::default(),
             current: None,
+            subscribers: None,
+            on_drop: None,
         }
+    }
+
+    /// Publishes each persisted state to `subscribers`.
+    pub(crate) fn publish_to(mut self, subscribers: Arc<dyn Publish<B::State>>) -> Self {
+        self.subscribers = Some(subscribers);
+        self
+    }
+
+    /// Runs `hook` once the actor is gone (stopped, dropped, or never started).
+    pub(crate) fn on_drop(mut self, hook: OnDrop) -> Self {
+        self.on_drop = Some(hook);
+        self
     }
 
     /// How the shard number of written states is chosen.
@@ -322,35 +377,46 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         )
     }
 
-    /// Runs the behavior on `command` against the recovered state and persists its effect.
+    /// Runs the behavior on `command` against the recovered state, then persists its effect.
     fn decide<C>(
         &mut self,
         command: C,
     ) -> ResponseActFuture<Self, Result<B::Reply, CommandError<B::Error>>>
     where
-        B: HandleCommand<C>,
-        B::Reply: 'static,
-        B::Error: 'static,
+        B: HandleCommandAsync<C>,
     {
         let Some((state, version)) = &self.current else {
             return Box::pin(fut::ready(Err(CommandError::Recovery(Error::NotConnected))));
         };
         let version = *version;
+        let decision = self.behavior.handle_command_async(command, state, version);
+        Box::pin(
+            decision
+                .into_actor(self)
+                .then(move |decided, entity, _| entity.persist(decided, version)),
+        )
+    }
+
+    /// Persists what the behavior decided on top of `version` and answers the command.
+    fn persist<R: 'static, E: 'static>(
+        &mut self,
+        decided: Result<Effect<B::State, R>, E>,
+        version: u64,
+    ) -> ResponseActFuture<Self, Result<R, CommandError<E>>> {
         let id = self.behavior.persistence_id().to_owned();
         let next = version + 1;
-        let (new_state, change, reply) = match self.behavior.handle_command(command, state, version)
-        {
+        let (new_state, change, reply) = match decided {
             Err(rejection) => return Box::pin(fut::ready(Err(CommandError::Rejected(rejection)))),
             Ok(Effect::None { reply }) => return Box::pin(fut::ready(Ok(reply))),
             Ok(Effect::Persist { state, reply }) => match state.to_durable_state(&id, next) {
                 Ok(durable) => {
                     let durable = durable.with_shard(self.sharding.shard_of(&id));
-                    (state, Change::Write(durable), reply)
+                    (Some(state), Change::Write(durable), reply)
                 }
                 // Nothing was written: the state stays the last persisted one.
                 Err(error) => return Box::pin(fut::ready(Err(CommandError::Store(error)))),
             },
-            Ok(Effect::Delete { reply }) => (self.behavior.initial_state(), Change::Delete, reply),
+            Ok(Effect::Delete { reply }) => (None, Change::Delete, reply),
         };
         let store = self.store.clone();
         let initial = self.behavior.initial_state();
@@ -388,7 +454,16 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                 .into_actor(self)
                 .map(move |written, entity, _| match written {
                     Ok(()) => {
-                        entity.current = Some((new_state, next));
+                        if let Some(subscribers) = &entity.subscribers {
+                            subscribers.publish(
+                                entity.behavior.persistence_id(),
+                                next,
+                                new_state.as_ref(),
+                            );
+                        }
+                        // A deleted entity goes on from its initial state.
+                        let state = new_state.unwrap_or_else(|| entity.behavior.initial_state());
+                        entity.current = Some((state, next));
                         Ok(reply)
                     }
                     Err(Failure::Conflict(conflict, reloaded)) => {
@@ -464,10 +539,7 @@ fn recover_with_retries<B: DurableStateBehavior>(
                         Box::pin(fut::ready(())) as ResponseActFuture<DurableEntity<B>, ()>
                     }
                     Err(error) if error.is_transient() && tried < policy.attempts => {
-                        let backoff = policy
-                            .initial_backoff
-                            .saturating_mul(2u32.saturating_pow(tried - 1))
-                            .min(policy.max_backoff);
+                        let backoff = policy.backoff(tried, fastrand::f64());
                         tracing::warn!(
                             persistence_id = entity.behavior.persistence_id(),
                             %error,
@@ -497,9 +569,7 @@ fn recover_with_retries<B: DurableStateBehavior>(
 
 impl<B, C> Handler<C> for DurableEntity<B>
 where
-    B: HandleCommand<C>,
-    B::Reply: 'static,
-    B::Error: 'static,
+    B: HandleCommandAsync<C>,
     C: Message<Result = Result<B::Reply, CommandError<B::Error>>> + 'static,
 {
     type Result = AtomicResponse<Self, Result<B::Reply, CommandError<B::Error>>>;
@@ -527,9 +597,96 @@ impl<B: DurableStateBehavior> Handler<Passivate> for DurableEntity<B> {
     }
 }
 
+/// Asks an entity for its current state and version (0 before its first persisted state), with
+/// no command handler of your own: eGo's `GetStateCommand`. Answered after recovery, in mailbox
+/// order with the commands (so after every command sent before it), and never written.
+///
+/// `S` is the entity's state type; through an [`EntityRegistry`](crate::EntityRegistry), call
+/// [`EntityRegistry::state`](crate::EntityRegistry::state) instead.
+///
+/// # Errors
+/// The recovery error when the entity cannot load its state (see [`RecoveryPolicy`]).
+///
+/// ```no_run
+/// # use actix::Actor;
+/// # use durablestore_postgres::*;
+/// # #[derive(Clone, PartialEq, prost::Message)] struct S {}
+/// # impl prost::Name for S { const NAME: &'static str = "S"; const PACKAGE: &'static str = "p"; }
+/// # struct Counter { id: String }
+/// # impl DurableStateBehavior for Counter { type State = S; fn persistence_id(&self) -> &str { &self.id } }
+/// # async fn run(store: actix::Addr<DurableStoreActor>) -> Result<(), Box<dyn std::error::Error>> {
+/// let entity = DurableEntity::new(Counter { id: "counter-1".into() }, store).start();
+/// let (state, version) = entity.send(GetState::new()).await??;
+/// # Ok(()) }
+/// ```
+pub struct GetState<S>(PhantomData<fn() -> S>);
+
+impl<S> GetState<S> {
+    /// The query.
+    pub fn new() -> Self {
+        GetState(PhantomData)
+    }
+}
+
+impl<S> Default for GetState<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Clone for GetState<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for GetState<S> {}
+
+impl<S> fmt::Debug for GetState<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GetState")
+    }
+}
+
+impl<S: 'static> Message for GetState<S> {
+    type Result = Result<(S, u64), Error>;
+}
+
+impl<B: DurableStateBehavior> Handler<GetState<B::State>> for DurableEntity<B> {
+    type Result = AtomicResponse<Self, Result<(B::State, u64), Error>>;
+
+    fn handle(&mut self, _: GetState<B::State>, _ctx: &mut Self::Context) -> Self::Result {
+        AtomicResponse::new(Box::pin(self.ensure_recovered().map(
+            |recovered, entity, _ctx| {
+                recovered?;
+                entity.current.clone().ok_or(Error::NotConnected)
+            },
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_backoff_doubles_is_capped_and_jittered_into_its_upper_half() {
+        let policy = RecoveryPolicy::default();
+        let ms = |d: Duration| d.as_millis();
+        // No jitter drawn: half of the exponential backoff; the most: all of it.
+        assert_eq!(ms(policy.backoff(1, 0.0)), 50);
+        assert_eq!(ms(policy.backoff(1, 1.0)), 100);
+        assert_eq!(ms(policy.backoff(3, 1.0)), 400);
+        assert_eq!(ms(policy.backoff(10, 1.0)), 2000);
+        assert_eq!(ms(policy.backoff(10, 0.0)), 1000);
+        assert_eq!(ms(policy.backoff(u32::MAX, 0.5)), 1500);
+        // Two entities failing together wait different times.
+        let waits: std::collections::BTreeSet<_> = (0..100)
+            .map(|_| policy.backoff(4, fastrand::f64()))
+            .collect();
+        assert!(waits.len() > 50, "jitter spreads the retries");
+        assert!(waits.iter().all(|w| ms(*w) >= 400 && ms(*w) <= 800));
+    }
 
     #[test]
     fn hashed_sharding_is_stable_and_in_range() {

@@ -6,7 +6,9 @@
 //! [`WriteState`] (a version-checked upsert), [`GetLatestState`], [`DeleteState`],
 //! [`GetRevision`], [`ListPersistenceIds`], [`CurrentStates`], [`PurgeDeleted`], [`Ping`],
 //! [`CreateSchema`] and [`Disconnect`]; code without an actix system uses the same engine
-//! through a [`DurableStore`] handle. [`DurableEntity`] runs a [`DurableStateBehavior`] on it.
+//! through a [`DurableStore`] handle. [`DurableEntity`] runs a [`DurableStateBehavior`] on it,
+//! and an [`EntityRegistry`] gives the entities by id: activation on first use, one live actor
+//! per id, passivation when idle.
 //! States are [`DurableState`] messages, wire-compatible with eGo's `ego.v1.DurableState`, and
 //! rows written by eGo's Go PostgreSQL store are read as they are.
 //!
@@ -47,6 +49,7 @@ mod memory;
 mod messages;
 mod pool;
 mod queue;
+mod registry;
 mod repository;
 mod sql;
 mod state;
@@ -58,9 +61,11 @@ mod tls;
 mod version;
 
 pub use crate::behavior::harness::{BehaviorTest, Then};
-pub use crate::behavior::{CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand};
+pub use crate::behavior::{
+    CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand, HandleCommandAsync,
+};
 pub use crate::config::{Config, VersionCheck};
-pub use crate::entity::{DurableEntity, Passivate, RecoveryPolicy, Sharding, StateStore};
+pub use crate::entity::{DurableEntity, GetState, Passivate, RecoveryPolicy, Sharding, StateStore};
 #[cfg(feature = "serde")]
 pub use crate::error::JsonError;
 pub use crate::error::{Error, InvalidInput, PgError};
@@ -72,6 +77,8 @@ pub use crate::messages::{
     CreateSchema, CurrentStates, DeleteState, Disconnect, GetLatestState, GetRevision,
     ListPersistenceIds, Ping, PurgeDeleted, Revision, WriteOutcome, WriteState,
 };
+pub use crate::registry::publish::StateChanged;
+pub use crate::registry::{EntityRegistry, RegistryBuilder, RegistryStats};
 pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN, RowFormat};
 pub use crate::store::{DurableStoreActor, Enqueue, Queued};
 pub use crate::tls::{PoolTls, SslMode};

@@ -96,7 +96,8 @@ impl<M: prost::Message + prost::Name + Default> EntityState for M {
 /// `DurableStateBehavior`.
 ///
 /// Implement this trait for your entity type (it may carry any fields of its own), and
-/// [`HandleCommand`] once per command type; then start it with
+/// [`HandleCommand`] (or [`HandleCommandAsync`]) once per command type; then run the entities
+/// by id with an [`EntityRegistry`](crate::EntityRegistry), or start one with
 /// [`DurableEntity::new`](crate::DurableEntity::new). The entity actor does the rest: it
 /// recovers the latest state from the store before handling the first command, persists each
 /// new state (version + 1) before replying, and never lets two commands interleave.
@@ -167,7 +168,8 @@ pub trait DurableStateBehavior: Unpin + 'static {
 
 /// How a [`DurableStateBehavior`] decides on the command `C`.
 ///
-/// `C` must be an actix message replying `Result<Self::Reply, CommandError<Self::Error>>`.
+/// `C` must be an actix message replying `Result<Self::Reply, CommandError<Self::Error>>`. A
+/// decision that must wait (for another service) implements [`HandleCommandAsync`] instead.
 pub trait HandleCommand<C>: DurableStateBehavior {
     /// What a successful command replies.
     type Reply;
@@ -184,6 +186,125 @@ pub trait HandleCommand<C>: DurableStateBehavior {
         state: &Self::State,
         version: u64,
     ) -> Result<Effect<Self::State, Self::Reply>, Self::Error>;
+}
+
+/// How a [`DurableStateBehavior`] decides on the command `C` when deciding needs to wait, e.g.
+/// for another service (a fraud check, a price, another entity's answer).
+///
+/// The entity still handles **one command at a time, in mailbox order**: the next command is not
+/// looked at until this decision has finished and its effect is persisted (the whole of it runs
+/// inside actix's [`AtomicResponse`](actix::AtomicResponse)). So a slow decision holds up the
+/// entity's later commands, not other entities.
+///
+/// The decision is a `'static` future: it cannot borrow `self` or `state` across an `.await`.
+/// Take what it needs (a client handle, the fields of the state it reads) before the `async`
+/// block. `C` must be an actix message replying
+/// `Result<Self::Reply, CommandError<Self::Error>>`, as for [`HandleCommand`].
+///
+/// Every [`HandleCommand`] is also a `HandleCommandAsync` whose future is ready at once (a
+/// blanket impl), so a behavior implements either trait for a given command, never both; an
+/// entity and an [`EntityRegistry`](crate::EntityRegistry) accept both kinds alike.
+///
+/// ```
+/// use std::future::Future;
+///
+/// use actix::Message;
+/// use durablestore_postgres::{CommandError, DurableStateBehavior, Effect, HandleCommandAsync};
+///
+/// #[derive(Clone, PartialEq, prost::Message)]
+/// pub struct AccountState {
+///     #[prost(int64, tag = "1")]
+///     pub balance_cents: i64,
+/// }
+/// impl prost::Name for AccountState {
+///     const NAME: &'static str = "AccountState";
+///     const PACKAGE: &'static str = "bank.v1";
+/// }
+///
+/// /// Another service; any cloneable client works.
+/// #[derive(Clone)]
+/// pub struct FraudCheck;
+/// impl FraudCheck {
+///     pub async fn allows(&self, _cents: i64) -> bool {
+///         true
+///     }
+/// }
+///
+/// pub struct Account {
+///     pub id: String,
+///     pub fraud: FraudCheck,
+/// }
+/// impl DurableStateBehavior for Account {
+///     type State = AccountState;
+///     fn persistence_id(&self) -> &str {
+///         &self.id
+///     }
+/// }
+///
+/// #[derive(Message)]
+/// #[rtype(result = "Result<i64, CommandError<String>>")]
+/// pub struct Withdraw(pub i64);
+///
+/// impl HandleCommandAsync<Withdraw> for Account {
+///     type Reply = i64;
+///     type Error = String;
+///     fn handle_command_async(
+///         &mut self,
+///         Withdraw(cents): Withdraw,
+///         state: &AccountState,
+///         _version: u64,
+///     ) -> impl Future<Output = Result<Effect<AccountState, i64>, String>> + 'static {
+///         let (fraud, balance_cents) = (self.fraud.clone(), state.balance_cents);
+///         async move {
+///             if !fraud.allows(cents).await {
+///                 return Err("refused by the fraud check".to_owned());
+///             }
+///             let balance_cents = balance_cents - cents;
+///             Ok(Effect::persist(AccountState { balance_cents }, balance_cents))
+///         }
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not decide on `{C}`",
+    label = "no decision for this command",
+    note = "implement `HandleCommand<{C}>` (or `HandleCommandAsync<{C}>`) for `{Self}`"
+)]
+pub trait HandleCommandAsync<C>: DurableStateBehavior {
+    /// What a successful command replies.
+    type Reply: 'static;
+    /// The domain error that rejects the command.
+    type Error: 'static;
+
+    /// Decides, as [`HandleCommand::handle_command`] does, but may wait before answering. Called
+    /// with no command in flight, with the last persisted state and its version; nothing else
+    /// reaches the entity until the returned future is done and its effect persisted.
+    fn handle_command_async(
+        &mut self,
+        command: C,
+        state: &Self::State,
+        version: u64,
+    ) -> impl Future<Output = Result<Effect<Self::State, Self::Reply>, Self::Error>> + 'static;
+}
+
+/// A synchronous decision is an asynchronous one that is ready at once.
+impl<B, C> HandleCommandAsync<C> for B
+where
+    B: HandleCommand<C>,
+    B::Reply: 'static,
+    B::Error: 'static,
+{
+    type Reply = B::Reply;
+    type Error = B::Error;
+
+    fn handle_command_async(
+        &mut self,
+        command: C,
+        state: &Self::State,
+        version: u64,
+    ) -> impl Future<Output = Result<Effect<Self::State, Self::Reply>, Self::Error>> + 'static {
+        std::future::ready(self.handle_command(command, state, version))
+    }
 }
 
 /// What a command does to the entity.
@@ -247,13 +368,18 @@ pub enum CommandError<E> {
     /// The entity could not load its state from the store, so it did not handle the command.
     #[error("the entity could not recover its state: {0}")]
     Recovery(Error),
+    /// The [`EntityRegistry`](crate::EntityRegistry) was stopped (or its arbiter is gone)
+    /// before the command reached an entity: nothing of it was applied, and sending it again to
+    /// this registry will not help.
+    #[error("the entity registry is stopped; the command was not delivered")]
+    RegistryStopped,
 }
 
 impl<E> CommandError<E> {
     /// The store error behind this failure, if it is not a domain rejection.
     pub fn store_error(&self) -> Option<&Error> {
         match self {
-            CommandError::Rejected(_) => None,
+            CommandError::Rejected(_) | CommandError::RegistryStopped => None,
             CommandError::Conflict(e) | CommandError::Store(e) | CommandError::Recovery(e) => {
                 Some(e)
             }

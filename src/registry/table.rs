@@ -1,0 +1,381 @@
+//! The routing table of a registry: per id, a live actor, a passivating one with the commands
+//! that wait for its successor, or none yet with the commands that wait for room under
+//! `max_live`. Only ever touched under the registry's lock.
+//!
+//! Live entities are kept in least-recently-used order, and each routed command stamps its
+//! entity with a use number: a counter rather than a clock, which would cost a clock read per
+//! command. The idle sweep maps use numbers to time with a checkpoint per sweep.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use lru::LruCache;
+
+use crate::behavior::DurableStateBehavior;
+use crate::entity::{DurableEntity, Passivate};
+
+/// Delivers one waiting command to the next incarnation.
+pub(super) type Waiter<B> = Box<dyn FnOnce(&Addr<DurableEntity<B>>) + Send>;
+
+/// A live entity.
+struct Live<B: DurableStateBehavior> {
+    addr: Addr<DurableEntity<B>>,
+    /// Which incarnation of the id this is.
+    generation: u64,
+    /// The use number of the last command routed to it.
+    last_use: u64,
+}
+
+/// An entity whose actor is finishing its commands before it stops.
+struct Stopping<B: DurableStateBehavior> {
+    generation: u64,
+    /// Commands sent meanwhile, in the order they arrived.
+    waiters: Vec<Waiter<B>>,
+}
+
+pub(super) struct Table<B: DurableStateBehavior> {
+    /// Live entities, the least recently used last.
+    live: LruCache<String, Live<B>>,
+    stopping: HashMap<String, Stopping<B>>,
+    /// Ids waiting for room to start, first come first served, with their commands.
+    waiting: VecDeque<String>,
+    waiters: HashMap<String, Vec<Waiter<B>>>,
+    /// Use numbers handed out so far.
+    uses: u64,
+    /// (when, `uses` then), one per idle sweep, oldest first.
+    checkpoints: VecDeque<(Instant, u64)>,
+    pub(super) stopped: bool,
+    generations: u64,
+    pub(super) peak_actors: usize,
+    pub(super) activations: u64,
+    pub(super) passivations: u64,
+}
+
+impl<B: DurableStateBehavior> Default for Table<B> {
+    fn default() -> Self {
+        Table {
+            live: LruCache::unbounded(),
+            stopping: HashMap::new(),
+            waiting: VecDeque::new(),
+            waiters: HashMap::new(),
+            uses: 0,
+            checkpoints: VecDeque::new(),
+            stopped: false,
+            generations: 0,
+            peak_actors: 0,
+            activations: 0,
+            passivations: 0,
+        }
+    }
+}
+
+impl<B: DurableStateBehavior> Table<B> {
+    /// Entity actors alive: an id is live, passivating or waiting, never two of them, and each
+    /// live or passivating slot is one actor.
+    pub(super) fn actors(&self) -> usize {
+        self.live.len() + self.stopping.len()
+    }
+
+    pub(super) fn live(&self) -> usize {
+        self.live.len()
+    }
+
+    pub(super) fn passivating(&self) -> usize {
+        self.stopping.len()
+    }
+
+    /// Ids waiting for room to start.
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The address of the live entity `id`, counted as a use.
+    pub(super) fn touch(&mut self, id: &str) -> Option<&Addr<DurableEntity<B>>> {
+        let live = self.live.get_mut(id)?;
+        self.uses += 1;
+        live.last_use = self.uses;
+        Some(&live.addr)
+    }
+
+    /// The commands waiting for `id` to (re)start, if it is passivating or waiting for room.
+    pub(super) fn waiters_mut(&mut self, id: &str) -> Option<&mut Vec<Waiter<B>>> {
+        match self.stopping.get_mut(id) {
+            Some(stopping) => Some(&mut stopping.waiters),
+            None => self.waiters.get_mut(id),
+        }
+    }
+
+    /// Queues `id`, which is neither live nor passivating, to start when there is room.
+    pub(super) fn wait_for_room(&mut self, id: String, waiters: Vec<Waiter<B>>) {
+        self.waiting.push_back(id.clone());
+        self.waiters.insert(id, waiters);
+    }
+
+    /// The id that has waited longest for room, with its commands.
+    pub(super) fn next_waiting(&mut self) -> Option<(String, Vec<Waiter<B>>)> {
+        let id = self.waiting.pop_front()?;
+        let waiters = self.waiters.remove(&id).unwrap_or_default();
+        Some((id, waiters))
+    }
+
+    pub(super) fn next_generation(&mut self) -> u64 {
+        self.generations += 1;
+        self.generations
+    }
+
+    /// Makes incarnation `generation` of `id` live, as just used.
+    pub(super) fn add_live(&mut self, id: String, addr: Addr<DurableEntity<B>>, generation: u64) {
+        self.uses += 1;
+        let live = Live {
+            addr,
+            generation,
+            last_use: self.uses,
+        };
+        self.live.put(id, live);
+        self.activations += 1;
+        self.peak_actors = self.peak_actors.max(self.actors());
+    }
+
+    /// Takes the least recently used live entity out of the list.
+    fn pop_lru(&mut self) -> Option<(String, Live<B>)> {
+        self.live.pop_lru()
+    }
+
+    /// Passivates the least recently used live entity; false if none is live.
+    pub(super) fn passivate_lru(&mut self) -> bool {
+        match self.pop_lru() {
+            Some((id, live)) => {
+                self.passivate(id, live);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Passivates the live entity `id`; false if it is not live.
+    pub(super) fn passivate_id(&mut self, id: &str) -> bool {
+        match self.live.pop(id) {
+            Some(live) => {
+                self.passivate(id.to_owned(), live);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Passivates the entities whose last use is at least `idle_timeout` before `now`, going by
+    /// the checkpoints of earlier sweeps; records this sweep's checkpoint.
+    pub(super) fn passivate_idle(&mut self, now: Instant, idle_timeout: Duration) {
+        self.checkpoints.push_back((now, self.uses));
+        // The newest checkpoint at least `idle_timeout` old: no entity used at or before it
+        // has been used since then. Older ones are done with (their entities were passivated
+        // at an earlier sweep).
+        let mut idle_until = None;
+        while let Some(&(at, uses)) = self.checkpoints.front() {
+            if now.duration_since(at) < idle_timeout {
+                break;
+            }
+            idle_until = Some(uses);
+            self.checkpoints.pop_front();
+        }
+        let Some(idle_until) = idle_until else {
+            return;
+        };
+        while self
+            .live
+            .peek_lru()
+            .is_some_and(|(_, live)| live.last_use <= idle_until)
+        {
+            if let Some((id, live)) = self.live.pop_lru() {
+                self.passivate(id, live);
+            }
+        }
+    }
+
+    /// Tells the live entity `id` (already taken out of `live`) to stop after the commands in
+    /// its mailbox: `Passivate` is queued behind them, and later commands wait in the slot.
+    fn passivate(&mut self, id: String, live: Live<B>) {
+        live.addr.do_send(Passivate);
+        self.passivations += 1;
+        self.stopping.insert(
+            id,
+            Stopping {
+                generation: live.generation,
+                waiters: Vec::new(),
+            },
+        );
+    }
+
+    /// Frees the slot of incarnation `generation` of `id`, which is gone; returns the commands
+    /// waiting for the next one. A slot of another incarnation is left alone.
+    pub(super) fn remove(&mut self, id: &str, generation: u64) -> Vec<Waiter<B>> {
+        if self
+            .stopping
+            .get(id)
+            .is_some_and(|stopping| stopping.generation == generation)
+        {
+            return self
+                .stopping
+                .remove(id)
+                .map(|stopping| stopping.waiters)
+                .unwrap_or_default();
+        }
+        // An actor that died without being passivated (its arbiter stopped).
+        if self
+            .live
+            .peek(id)
+            .is_some_and(|live| live.generation == generation)
+        {
+            self.live.pop(id);
+        }
+        Vec::new()
+    }
+
+    /// Refuses new commands and passivates every live entity; commands waiting for a start
+    /// or a restart are dropped (their callers are answered that the registry stopped).
+    pub(super) fn stop(&mut self) {
+        self.stopped = true;
+        while let Some((id, live)) = self.live.pop_lru() {
+            self.passivate(id, live);
+        }
+        for stopping in self.stopping.values_mut() {
+            stopping.waiters.clear();
+        }
+        self.waiting.clear();
+        self.waiters.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use actix::dev::channel;
+
+    use super::*;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Nothing {}
+    impl prost::Name for Nothing {
+        const NAME: &'static str = "Nothing";
+        const PACKAGE: &'static str = "test";
+    }
+
+    struct Idle;
+    impl DurableStateBehavior for Idle {
+        type State = Nothing;
+        fn persistence_id(&self) -> &str {
+            "idle"
+        }
+    }
+
+    /// An address with no actor behind it: enough for the table, which only sends `Passivate`.
+    fn add(table: &mut Table<Idle>, id: &str) {
+        let generation = table.next_generation();
+        table.add_live(id.to_owned(), Addr::new(channel::channel(0).0), generation);
+    }
+
+    fn touch(table: &mut Table<Idle>, id: &str) {
+        assert!(table.touch(id).is_some(), "{id} is live");
+    }
+
+    fn passivating(table: &Table<Idle>) -> Vec<&str> {
+        let mut ids: Vec<&str> = table.stopping.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn the_least_recently_used_is_passivated() {
+        let mut table = Table::default();
+        for id in ["a", "b", "c"] {
+            add(&mut table, id);
+        }
+        touch(&mut table, "a");
+        assert!(table.passivate_lru());
+        assert_eq!(passivating(&table), ["b"]);
+        touch(&mut table, "c");
+        assert!(table.passivate_lru());
+        assert_eq!(passivating(&table), ["a", "b"]);
+        assert!(table.passivate_lru());
+        assert!(!table.passivate_lru(), "nothing live");
+        assert_eq!(table.passivations, 3);
+    }
+
+    #[test]
+    fn eviction_order_equals_a_reference_lru_under_random_use() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut table = Table::default();
+        // Reference: id by last use.
+        let mut reference: BTreeMap<u64, String> = BTreeMap::new();
+        let mut last: HashMap<String, u64> = HashMap::new();
+        let mut clock = 0;
+        for step in 0..5_000 {
+            clock += 1;
+            match rng.u8(..10) {
+                0..=2 => {
+                    let id = format!("e-{step}");
+                    add(&mut table, &id);
+                    reference.insert(clock, id.clone());
+                    last.insert(id, clock);
+                }
+                3..=7 if !last.is_empty() => {
+                    let id = last.keys().nth(rng.usize(..last.len())).cloned().unwrap();
+                    touch(&mut table, &id);
+                    reference.remove(&last[&id]);
+                    reference.insert(clock, id.clone());
+                    last.insert(id, clock);
+                }
+                _ => {
+                    let expected = reference.pop_first().map(|(_, id)| id);
+                    let evicted = table.pop_lru().map(|(id, _)| id);
+                    assert_eq!(evicted, expected, "step {step}");
+                    if let Some(id) = evicted {
+                        last.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_entities_unused_for_the_idle_timeout_are_passivated() {
+        let idle = Duration::from_secs(60);
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut table = Table::default();
+        add(&mut table, "old");
+        add(&mut table, "busy");
+        table.passivate_idle(at(0), idle); // the first checkpoint
+        touch(&mut table, "busy");
+        table.passivate_idle(at(30), idle);
+        add(&mut table, "new");
+        table.passivate_idle(at(59), idle);
+        assert!(
+            passivating(&table).is_empty(),
+            "nothing is idle for 60 s yet"
+        );
+        table.passivate_idle(at(60), idle);
+        assert_eq!(
+            passivating(&table),
+            ["old"],
+            "unused since the sweep at 0 s"
+        );
+        table.passivate_idle(at(89), idle);
+        assert_eq!(passivating(&table), ["old"]);
+        table.passivate_idle(at(90), idle);
+        assert_eq!(passivating(&table), ["busy", "old"], "unused since 30 s");
+        touch(&mut table, "new");
+        table.passivate_idle(at(100), idle);
+        table.passivate_idle(at(159), idle);
+        assert_eq!(passivating(&table), ["busy", "old"]);
+        table.passivate_idle(at(160), idle);
+        assert_eq!(
+            passivating(&table),
+            ["busy", "new", "old"],
+            "unused since 100 s"
+        );
+        assert_eq!(table.live(), 0);
+    }
+}
