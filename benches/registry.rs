@@ -18,12 +18,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, Message};
-use common::{BenchState, bench_state};
-use durablestore_postgres::{
-    CommandError, DurableEntity, DurableStateBehavior, DurableStore, Effect, EntityRegistry,
-    HandleCommand, MemoryStore, StateStore,
-};
+use actix::{Actor, Addr};
+use common::{Bump, Writer};
+use durablestore_postgres::{DurableEntity, DurableStore, EntityRegistry, MemoryStore, StateStore};
 use futures_util::future::join_all;
 
 const ENTITIES: usize = 1000;
@@ -32,38 +29,6 @@ const COMMANDS: u64 = 100;
 /// Commands per entity per round on the `MemoryStore`, whose commands are ~8× cheaper.
 const MEMORY_COMMANDS: u64 = 800;
 const DEFAULT_ROUNDS: usize = 9;
-
-/// A durable entity that persists a new 400-byte state on every `Bump`.
-struct Writer {
-    id: String,
-}
-
-impl DurableStateBehavior for Writer {
-    type State = BenchState;
-    fn persistence_id(&self) -> &str {
-        &self.id
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<u64, CommandError<()>>")]
-struct Bump;
-
-impl HandleCommand<Bump> for Writer {
-    type Reply = u64;
-    type Error = ();
-    fn handle_command(
-        &mut self,
-        _: Bump,
-        _state: &BenchState,
-        version: u64,
-    ) -> Result<Effect<BenchState, u64>, ()> {
-        Ok(Effect::persist(
-            bench_state(&self.id, version as i64 + 1),
-            version + 1,
-        ))
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {

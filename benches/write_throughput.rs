@@ -12,13 +12,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, Message};
-use common::{BenchState, bench_state, durable};
+use actix::{Actor, Addr};
+use common::{Bump, Writer, bench_state, durable};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use durablestore_postgres::{
-    CommandError, DurableEntity, DurableStateBehavior, DurableStoreActor, Effect, HandleCommand,
-    WriteState,
-};
+use durablestore_postgres::{DurableEntity, DurableStoreActor, WriteState};
 use futures_util::future::join_all;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -28,38 +25,6 @@ const ROUNDS: u64 = 5;
 
 fn ids() -> Vec<String> {
     (0..WRITERS).map(|i| format!("writer-{i:04}")).collect()
-}
-
-/// A durable entity that persists a new 400-byte state on every `Bump`.
-struct Writer {
-    id: String,
-}
-
-impl DurableStateBehavior for Writer {
-    type State = BenchState;
-    fn persistence_id(&self) -> &str {
-        &self.id
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<u64, CommandError<()>>")]
-struct Bump;
-
-impl HandleCommand<Bump> for Writer {
-    type Reply = u64;
-    type Error = ();
-    fn handle_command(
-        &mut self,
-        _: Bump,
-        _state: &BenchState,
-        version: u64,
-    ) -> Result<Effect<BenchState, u64>, ()> {
-        Ok(Effect::persist(
-            bench_state(&self.id, version as i64 + 1),
-            version + 1,
-        ))
-    }
 }
 
 fn write_throughput(c: &mut Criterion) {

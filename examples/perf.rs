@@ -26,13 +26,12 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Message};
+use actix::Actor;
 use clap::Parser;
-use common::{bench_state, durable};
+use common::{Bump, Writer, bench_state, durable};
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::{
-    CommandError, DurableEntity, DurableStateBehavior, DurableStore, DurableStoreActor, Effect,
-    HandleCommand, StateStore, WriteState,
+    DurableEntity, DurableStore, DurableStoreActor, StateStore, WriteState,
 };
 use futures_util::future::join_all;
 use hdrhistogram::Histogram;
@@ -263,38 +262,6 @@ where
     .await
 }
 
-/// A minimal entity: each command persists its next state.
-struct Writer {
-    id: String,
-}
-
-impl DurableStateBehavior for Writer {
-    type State = common::BenchState;
-    fn persistence_id(&self) -> &str {
-        &self.id
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<(), CommandError<std::convert::Infallible>>")]
-struct Touch;
-
-impl HandleCommand<Touch> for Writer {
-    type Reply = ();
-    type Error = std::convert::Infallible;
-    fn handle_command(
-        &mut self,
-        _: Touch,
-        _: &common::BenchState,
-        version: u64,
-    ) -> Result<Effect<common::BenchState, ()>, Self::Error> {
-        Ok(Effect::persist(
-            bench_state(&self.id, version as i64 + 1),
-            (),
-        ))
-    }
-}
-
 async fn entities(store: StateStore, count: usize, run_for: Duration, prefix: &str) -> Sample {
     let actors: Vec<_> = (0..count)
         .map(|i| {
@@ -314,8 +281,8 @@ async fn entities(store: StateStore, count: usize, run_for: Duration, prefix: &s
             let (done, actor) = (done.clone(), actor.clone());
             actix::spawn(async move {
                 while Instant::now() < deadline {
-                    match actor.send(Touch).await {
-                        Ok(Ok(())) => done.set(done.get() + 1),
+                    match actor.send(Bump).await {
+                        Ok(Ok(_)) => done.set(done.get() + 1),
                         other => panic!("entity command failed: {other:?}"),
                     }
                 }

@@ -219,12 +219,7 @@ impl DurableState {
     ///   [`JsonState::NAME`].
     pub fn decode_json<S: JsonState>(&self) -> Result<S, Error> {
         check_name::<S>()?;
-        let any = self
-            .resulting_state
-            .as_ref()
-            .ok_or_else(|| InvalidInput::MissingState {
-                persistence_id: self.persistence_id.clone(),
-            })?;
+        let any = self.held()?;
         // The exact type URL, not its last segment: `x/shop.cart-v1` is not a JSON state.
         if any.type_url != S::NAME {
             return Err(Error::StateTypeMismatch {

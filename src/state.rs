@@ -123,6 +123,15 @@ impl DurableState {
         }
     }
 
+    /// The held state, or why there is none.
+    pub(crate) fn held(&self) -> Result<&Any, InvalidInput> {
+        self.resulting_state
+            .as_ref()
+            .ok_or_else(|| InvalidInput::MissingState {
+                persistence_id: self.persistence_id.clone(),
+            })
+    }
+
     /// Sets the shard number.
     #[must_use]
     pub fn with_shard(mut self, shard: u64) -> Self {
@@ -154,12 +163,7 @@ impl DurableState {
     /// - [`Error::Decode`] when its bytes are not a valid `M`;
     /// - [`Error::InvalidInput`] ([`InvalidInput::MissingState`]) when there is no state.
     pub fn decode_state<M: Message + Name + Default>(&self) -> Result<M, Error> {
-        let any = self
-            .resulting_state
-            .as_ref()
-            .ok_or_else(|| InvalidInput::MissingState {
-                persistence_id: self.persistence_id.clone(),
-            })?;
+        let any = self.held()?;
         let found = type_name(&any.type_url);
         let expected = M::full_name();
         if found != expected {

@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use criterion::Criterion;
-use durablestore_postgres::DurableState;
 use durablestore_postgres::testkit::TestDatabase;
+use durablestore_postgres::{
+    CommandError, DurableState, DurableStateBehavior, Effect, HandleCommand,
+};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
@@ -124,4 +126,36 @@ pub fn unnest_upsert(schema: &str) -> String {
 pub fn store_config(db: &TestDatabase) -> durablestore_postgres::Config {
     db.config()
         .ssl_mode(durablestore_postgres::SslMode::Disable)
+}
+
+/// A durable entity that persists a new 400-byte state on every `Bump`.
+pub struct Writer {
+    pub id: String,
+}
+
+impl DurableStateBehavior for Writer {
+    type State = BenchState;
+    fn persistence_id(&self) -> &str {
+        &self.id
+    }
+}
+
+#[derive(actix::Message)]
+#[rtype(result = "Result<u64, CommandError<()>>")]
+pub struct Bump;
+
+impl HandleCommand<Bump> for Writer {
+    type Reply = u64;
+    type Error = ();
+    fn handle_command(
+        &mut self,
+        _: Bump,
+        _state: &BenchState,
+        version: u64,
+    ) -> Result<Effect<BenchState, u64>, ()> {
+        Ok(Effect::persist(
+            bench_state(&self.id, version as i64 + 1),
+            version + 1,
+        ))
+    }
 }
