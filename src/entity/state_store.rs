@@ -1,0 +1,120 @@
+//! [`StateStore`]: where an entity reads and writes its state.
+
+use std::fmt;
+
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler, Recipient};
+
+use crate::error::Error;
+use crate::handle::DurableStore;
+use crate::messages::{DeleteState, GetRevision, Revision, WriteOutcome, WriteState};
+use crate::state::DurableState;
+
+/// Where an entity reads and writes its state: a [`DurableStore`] handle (its queues are
+/// reached directly, with no mailbox hop), or any actor answering [`WriteState`],
+/// [`DeleteState`] and [`GetRevision`] — a [`DurableStoreActor`](crate::DurableStoreActor), a
+/// [`MemoryStore`](crate::MemoryStore), or your own.
+#[derive(Clone)]
+pub struct StateStore(Route);
+
+#[derive(Clone)]
+enum Route {
+    Mailbox {
+        write: Recipient<WriteState>,
+        delete: Recipient<DeleteState>,
+        read: Recipient<GetRevision>,
+    },
+    Direct(DurableStore),
+}
+
+impl fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let route = match self.0 {
+            Route::Mailbox { .. } => "mailbox",
+            Route::Direct(_) => "direct",
+        };
+        f.debug_struct("StateStore").field("route", &route).finish()
+    }
+}
+
+impl<A> From<Addr<A>> for StateStore
+where
+    A: Actor + Handler<WriteState> + Handler<DeleteState> + Handler<GetRevision>,
+    A::Context: ToEnvelope<A, WriteState> + ToEnvelope<A, DeleteState> + ToEnvelope<A, GetRevision>,
+{
+    fn from(addr: Addr<A>) -> Self {
+        StateStore(Route::Mailbox {
+            write: addr.clone().recipient(),
+            delete: addr.clone().recipient(),
+            read: addr.recipient(),
+        })
+    }
+}
+
+impl From<DurableStore> for StateStore {
+    fn from(store: DurableStore) -> Self {
+        StateStore(Route::Direct(store))
+    }
+}
+
+impl StateStore {
+    /// A store from recipients (e.g. a router in front of several stores).
+    pub fn from_recipients(
+        write: Recipient<WriteState>,
+        delete: Recipient<DeleteState>,
+        read: Recipient<GetRevision>,
+    ) -> Self {
+        StateStore(Route::Mailbox {
+            write,
+            delete,
+            read,
+        })
+    }
+
+    /// Writes a state. A store actor that stopped before answering reads as
+    /// [`Error::Interrupted`]: the write may or may not have been applied.
+    pub async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
+        match &self.0 {
+            Route::Direct(store) => store.write(state).await,
+            Route::Mailbox { write, .. } => write
+                .send(WriteState(state))
+                .await
+                .unwrap_or(Err(Error::Interrupted)),
+        }
+    }
+
+    /// Deletes the state at `version`, as [`StateStore::write`] writes one.
+    pub async fn delete(
+        &self,
+        persistence_id: String,
+        version: u64,
+    ) -> Result<WriteOutcome, Error> {
+        match &self.0 {
+            Route::Direct(store) => store.delete(persistence_id, version).await,
+            Route::Mailbox { delete, .. } => delete
+                .send(DeleteState {
+                    persistence_id,
+                    version,
+                })
+                .await
+                .unwrap_or(Err(Error::Interrupted)),
+        }
+    }
+
+    /// Reads the stored version and state; a store actor that is gone reads as
+    /// [`Error::NotConnected`].
+    pub async fn revision(&self, persistence_id: String) -> Result<Revision, Error> {
+        match &self.0 {
+            Route::Direct(store) => store.revision(persistence_id).await,
+            Route::Mailbox { read, .. } => read
+                .send(GetRevision(persistence_id))
+                .await
+                .unwrap_or(Err(Error::NotConnected)),
+        }
+    }
+
+    /// Reads the latest state (`None` when there is none or it was deleted).
+    pub async fn get(&self, persistence_id: String) -> Result<Option<DurableState>, Error> {
+        Ok(self.revision(persistence_id).await?.state)
+    }
+}
