@@ -1,0 +1,273 @@
+//! What the handles of one registry share, and how a command gets to its entity: the table
+//! lookup, activation, waiting for room or for a passivating predecessor, and passivation.
+
+use super::*;
+
+/// Everything the handles of one registry share.
+pub(super) struct Shared<B: DurableStateBehavior>
+where
+    B::State: Send,
+{
+    pub(super) arbiter: ArbiterHandle,
+    pub(super) factory: Box<Factory<B>>,
+    pub(super) store: StateStore,
+    pub(super) sharding: Sharding,
+    pub(super) recovery: RecoveryPolicy,
+    pub(super) max_live: usize,
+    pub(super) subscribers: Arc<Subscribers<B::State>>,
+    pub(super) table: Mutex<Table<B>>,
+    /// Notified when the registry is stopped and its last actor is gone.
+    pub(super) all_stopped: Notify,
+}
+
+/// A closure that starts an entity actor on the registry's arbiter.
+pub(super) type StartEntity = Box<dyn FnOnce() + Send>;
+
+/// A waiter that delivers a message with `deliver` once the entity (re)starts, and the
+/// receiver of what `deliver` returns.
+pub(super) fn waiter<B, T>(
+    deliver: impl FnOnce(&Addr<DurableEntity<B>>) -> T + Send + 'static,
+) -> (Waiter<B>, oneshot::Receiver<T>)
+where
+    B: DurableStateBehavior,
+    T: Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let waiter: Waiter<B> = Box::new(move |next| {
+        // The caller may have stopped waiting; the message is delivered anyway.
+        let _ = tx.send(deliver(next));
+    });
+    (waiter, rx)
+}
+
+impl<B: DurableStateBehavior> Shared<B>
+where
+    B::State: Send,
+{
+    pub(super) fn lock(&self) -> MutexGuard<'_, Table<B>> {
+        // The table is consistent between statements; a panic elsewhere does not corrupt it.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands a message for `id` to its live actor now (starting one if there is none and there
+    /// is room), or queues it for the entity's next start: after its passivation, or once
+    /// there is room under `max_live`. `deliver` puts the message in the mailbox; it runs under
+    /// the table's lock, so messages enter one entity's mailbox in the order they were routed,
+    /// and never behind its `Passivate`.
+    pub(super) fn route<T: Send + 'static>(
+        self: &Arc<Self>,
+        id: &str,
+        deliver: impl FnOnce(&Addr<DurableEntity<B>>) -> T + Send + 'static,
+    ) -> Routed<T> {
+        let mut starts = Vec::new();
+        let routed = {
+            let mut table = self.lock();
+            if table.stopped {
+                Routed::Refused(Undelivered::Stopped)
+            } else if let Some(addr) = table.touch(id) {
+                Routed::Now(deliver(addr))
+            } else if let Some(waiters) = table.waiters_mut(id) {
+                let (waiter, reply) = waiter(deliver);
+                waiters.push(waiter);
+                Routed::Later(reply)
+            } else if let Err(invalid) = validate_persistence_id(id) {
+                Routed::Refused(Undelivered::InvalidId(invalid))
+            } else if table.actors() < self.max_live && table.waiting() == 0 {
+                let addr = self.activate(&mut table, id.to_owned(), &mut starts);
+                Routed::Now(deliver(&addr))
+            } else {
+                let (waiter, reply) = waiter(deliver);
+                table.wait_for_room(id.to_owned(), vec![waiter]);
+                self.make_room(&mut table, &mut starts);
+                Routed::Later(reply)
+            }
+        };
+        // Outside the lock: a job the arbiter refuses is dropped at once, and dropping it runs
+        // the entity's `OnDrop`, which takes the lock.
+        for start in starts {
+            self.spawn(start);
+        }
+        routed
+    }
+
+    /// Starts the ids waiting for room while there is room, oldest first, delivering their
+    /// commands in the order they arrived; then passivates the least recently used live
+    /// entities until each id still waiting has a passivating entity whose stop will make its
+    /// room. So at most `max_live` actors are ever alive.
+    pub(super) fn make_room(self: &Arc<Self>, table: &mut Table<B>, starts: &mut Vec<StartEntity>) {
+        while table.actors() < self.max_live {
+            let Some((id, waiters)) = table.next_waiting() else {
+                break;
+            };
+            let addr = self.activate(table, id, starts);
+            for waiter in waiters {
+                waiter(&addr);
+            }
+        }
+        while table.passivating() < table.waiting() && table.passivate_lru() {}
+    }
+
+    /// Makes `id` live with a new incarnation. Returns its address (messages sent to it wait in
+    /// its mailbox until it runs); the job that starts it goes to `starts`, to be run without
+    /// the lock held.
+    pub(super) fn activate(
+        self: &Arc<Self>,
+        table: &mut Table<B>,
+        id: String,
+        starts: &mut Vec<StartEntity>,
+    ) -> Addr<DurableEntity<B>> {
+        let generation = table.next_generation();
+        // Unbounded: a send never parks, so every message is in the mailbox when `send`
+        // returns (the order guarantee); callers each wait for their reply, which bounds it.
+        let (tx, rx) = channel::channel(0);
+        let addr = Addr::new(tx);
+        table.add_live(id.clone(), addr.clone(), generation);
+        let gone = {
+            let registry = Arc::downgrade(self);
+            let id = id.clone();
+            OnDrop::new(move || {
+                if let Some(registry) = registry.upgrade() {
+                    registry.gone(&id, generation);
+                }
+            })
+        };
+        let shared = Arc::clone(self);
+        starts.push(Box::new(move || {
+            let behavior = (shared.factory)(&id);
+            if behavior.persistence_id() != id {
+                tracing::error!(
+                    registry_id = %id,
+                    persistence_id = behavior.persistence_id(),
+                    "the registry's factory made a behavior with another persistence id; \
+                     one live actor per id is then not guaranteed"
+                );
+            }
+            let subscribers: Arc<dyn Publish<B::State>> = shared.subscribers.clone();
+            let entity = DurableEntity::new(behavior, shared.store.clone())
+                .sharding(shared.sharding.clone())
+                .recovery(shared.recovery.clone())
+                .publish_to(subscribers)
+                .on_drop(gone);
+            drop(shared);
+            let context = Context::with_receiver(rx);
+            actix::spawn(context.into_future(entity));
+        }));
+        addr
+    }
+
+    /// Starts an entity on the arbiter; a dead arbiter stops the registry.
+    pub(super) fn spawn(&self, job: StartEntity) {
+        if !self.arbiter.spawn_fn(job) {
+            tracing::error!("the entity registry's arbiter is gone; the registry stops");
+            self.lock().stop();
+        }
+    }
+
+    /// Incarnation `generation` of `id` is gone: frees its place. Commands that wait for its
+    /// next incarnation queue for room like a new id (behind the ids already waiting), and the
+    /// room it made goes to the id that has waited longest.
+    pub(super) fn gone(self: &Arc<Self>, id: &str, generation: u64) {
+        let mut starts = Vec::new();
+        {
+            let mut table = self.lock();
+            let waiters = table.remove(id, generation);
+            if table.stopped {
+                // Waiters of a stopped registry are dropped here: their callers are answered
+                // `RegistryStopped`.
+                drop(waiters);
+                if table.actors() == 0 {
+                    self.all_stopped.notify_waiters();
+                }
+            } else {
+                if !waiters.is_empty() {
+                    table.wait_for_room(id.to_owned(), waiters);
+                }
+                self.make_room(&mut table, &mut starts);
+            }
+        }
+        for start in starts {
+            self.spawn(start);
+        }
+    }
+
+    /// Passivates entities idle for `idle_timeout`; false once the registry is stopped.
+    pub(super) fn sweep(&self, idle_timeout: Duration) -> bool {
+        let mut table = self.lock();
+        if table.stopped {
+            return false;
+        }
+        table.passivate_idle(Instant::now(), idle_timeout);
+        true
+    }
+}
+
+/// Passivates idle entities until the registry is stopped or dropped.
+pub(super) async fn sweep_idle<B: DurableStateBehavior>(
+    registry: Weak<Shared<B>>,
+    idle_timeout: Duration,
+) where
+    B::State: Send,
+{
+    // An entity is found idle by the first sweep whose time is `idle_timeout` after a sweep
+    // that followed its last command: between 1 and 1 + 2/8 `idle_timeout` after that command.
+    let period = (idle_timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(15));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        if !registry.sweep(idle_timeout) {
+            return;
+        }
+    }
+}
+
+/// Where a routed message went.
+pub(super) enum Routed<R> {
+    /// Into a live actor's mailbox; `R` is the pending reply.
+    Now(R),
+    /// Queued for the next incarnation of a passivating entity.
+    Later(oneshot::Receiver<R>),
+    /// Nowhere.
+    Refused(Undelivered),
+}
+
+impl<R, T> Routed<R>
+where
+    R: Future<Output = Result<T, MailboxError>>,
+{
+    /// The entity's reply, or why there is none.
+    pub(super) async fn reply(self) -> Result<T, Undelivered> {
+        let request = match self {
+            Routed::Now(request) => request,
+            // A dropped waiter means the registry stopped before the entity restarted.
+            Routed::Later(queued) => queued.await.map_err(|_| Undelivered::Stopped)?,
+            Routed::Refused(why) => return Err(why),
+        };
+        // Commands are never queued behind `Passivate`, so a closed mailbox means the actor
+        // died with the command (its arbiter stopped): it may have been applied.
+        request.await.map_err(|_| Undelivered::Interrupted)
+    }
+}
+
+/// Why a registry could not bring back a reply.
+pub(super) enum Undelivered {
+    /// The registry was stopped: nothing was delivered.
+    Stopped,
+    /// The id can never be stored: nothing was delivered.
+    InvalidId(InvalidInput),
+    /// The actor went away holding the message: the outcome is unknown.
+    Interrupted,
+}
+
+impl<E> From<Undelivered> for CommandError<E> {
+    fn from(undelivered: Undelivered) -> Self {
+        match undelivered {
+            Undelivered::Stopped => CommandError::RegistryStopped,
+            Undelivered::InvalidId(invalid) => CommandError::Recovery(Error::InvalidInput(invalid)),
+            Undelivered::Interrupted => CommandError::Store(Error::Interrupted),
+        }
+    }
+}
