@@ -15,7 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::config::{Checked, VersionCheck};
-use crate::error::{Error, InvalidInput};
+use crate::error::Error;
 use crate::messages::{Revision, WriteOutcome};
 use crate::pool::{Connections, PooledClient};
 use crate::queue::{Kind, Pending, Reply, Respond};
@@ -23,6 +23,10 @@ use crate::sql::{Sql, Stmt};
 use crate::state::{DurableState, StateRow};
 use crate::telemetry::{count_write, outcome_name};
 use crate::version;
+
+mod listing;
+
+pub(crate) use self::listing::page_limit;
 
 /// A version-checked write of one state, as its row.
 pub(crate) struct Write;
@@ -95,9 +99,6 @@ impl Respond<Revision> for ReadReply {
         }
     }
 }
-
-/// The largest page a listing returns.
-pub(crate) const MAX_PAGE: usize = 10_000;
 
 /// The statements of one table, run on pooled connections.
 #[derive(Debug)]
@@ -338,62 +339,6 @@ impl Repository {
         }
         Ok(found)
     }
-
-    /// Up to `limit` ids after `after`, tombstones excluded.
-    pub(crate) async fn list_ids(&self, after: &str, limit: usize) -> Result<Vec<String>, Error> {
-        let limit = page_limit(limit)?;
-        let client = self.checkout().await?;
-        let rows = client
-            .query(
-                &self.sql,
-                Stmt::ListIds,
-                &[(&after, Type::TEXT), (&limit, Type::INT8)],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| row.try_get(0).map_err(Error::database))
-            .collect()
-    }
-
-    /// Up to `limit` states after `after`, of `shard` unless `None`, tombstones excluded.
-    pub(crate) async fn current_states(
-        &self,
-        shard: Option<u64>,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<DurableState>, Error> {
-        let limit = page_limit(limit)?;
-        // A shard beyond BIGINT cannot be stored, so no row has it.
-        let Ok(shard) = shard.map(i64::try_from).transpose() else {
-            return Ok(Vec::new());
-        };
-        let client = self.checkout().await?;
-        let rows = client
-            .query(
-                &self.sql,
-                Stmt::CurrentStates,
-                &[
-                    (&after, Type::TEXT),
-                    (&shard, Type::INT8),
-                    (&limit, Type::INT8),
-                ],
-            )
-            .await?;
-        rows.iter().map(|row| read_row(row)?.decode()).collect()
-    }
-
-    /// Removes the tombstones stamped before `before` (Unix ms); how many were removed.
-    pub(crate) async fn purge_deleted(&self, before: i64) -> Result<u64, Error> {
-        let client = self.checkout().await?;
-        let rows = client
-            .query(&self.sql, Stmt::PurgeDeleted, &[(&before, Type::INT8)])
-            .await?;
-        let purged: i64 = match rows.first() {
-            Some(row) => row.try_get(0).map_err(Error::database)?,
-            None => 0,
-        };
-        Ok(u64::try_from(purged).unwrap_or(0))
-    }
 }
 
 /// Which of `ids` a multi-row write statement wrote, from its one result row: the count of
@@ -420,18 +365,6 @@ fn written_of(ids: &[&str], result: Option<&Row>) -> Vec<bool> {
         }
     }
     is_written
-}
-
-/// Checks a page size; as the `LIMIT` parameter.
-pub(crate) fn page_limit(limit: usize) -> Result<i64, Error> {
-    match limit {
-        1..=MAX_PAGE => Ok(limit as i64),
-        _ => Err(InvalidInput::LimitOutOfRange {
-            limit,
-            max: MAX_PAGE,
-        }
-        .into()),
-    }
 }
 
 /// Splits a batch into rounds in which each id appears once, keeping each id's arrival order:
