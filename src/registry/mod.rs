@@ -15,21 +15,18 @@ mod table;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use actix::dev::channel;
-use actix::{Addr, ArbiterHandle, Context, MailboxError, Message, Recipient};
-use tokio::sync::{Notify, oneshot};
+use actix::{ArbiterHandle, Message, Recipient};
+use tokio::sync::Notify;
 
+use self::shared::{Shared, sweep_idle};
 use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
-use crate::entity::{DurableEntity, GetState, OnDrop, RecoveryPolicy, Sharding, StateStore};
-use crate::error::{Error, InvalidInput};
-use crate::registry::publish::{Publish, StateChanged, Subscribers};
-use crate::registry::table::{Table, Waiter};
-use crate::state::validate_persistence_id;
-
-use self::shared::*;
+use crate::entity::{GetState, RecoveryPolicy, Sharding, StateStore};
+use crate::error::Error;
+use crate::registry::publish::{StateChanged, Subscribers};
+use crate::registry::table::Table;
 
 /// How a registry makes a behavior for an id.
 type Factory<B> = dyn Fn(&str) -> B + Send + Sync;
@@ -48,7 +45,7 @@ type Factory<B> = dyn Fn(&str) -> B + Send + Sync;
 ///   version check, as for any two writers.
 /// - **Mailbox order.** Commands to one id are handled one at a time, in the order `send` was
 ///   called: `send` puts the command into the entity's mailbox before it returns, so the
-///   returned future only waits for the reply (like [`Addr::send`]).
+///   returned future only waits for the reply (like [`Addr::send`](actix::Addr::send)).
 /// - **Passivation.** An entity no command was sent to for [`idle_timeout`] (default 2 minutes)
 ///   is stopped, and so is the least recently used one when another must start and
 ///   [`max_live`] actors (default 100,000) are alive: never more than that. Passivating lets

@@ -1,7 +1,20 @@
 //! What the handles of one registry share, and how a command gets to its entity: the table
 //! lookup, activation, waiting for room or for a passivating predecessor, and passivation.
 
-use super::*;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use actix::dev::channel;
+use actix::{Addr, ArbiterHandle, Context, MailboxError};
+use tokio::sync::{Notify, oneshot};
+
+use super::Factory;
+use crate::behavior::{CommandError, DurableStateBehavior};
+use crate::entity::{DurableEntity, OnDrop, RecoveryPolicy, Sharding, StateStore};
+use crate::error::{Error, InvalidInput};
+use crate::registry::publish::{Publish, Subscribers};
+use crate::registry::table::{Table, Waiter};
+use crate::state::validate_persistence_id;
 
 /// Everything the handles of one registry share.
 pub(super) struct Shared<B: DurableStateBehavior>
