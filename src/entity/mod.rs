@@ -154,7 +154,7 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         let store = self.store.clone();
         let id = self.behavior.persistence_id().to_owned();
         let initial = self.behavior.initial_state();
-        async move { current::<B>(store.revision(id).await?, initial) }
+        async move { current::<B>(store.revision(id).await?, || initial) }
     }
 
     /// Makes sure the entity has its state, trying once to load it if not.
@@ -211,7 +211,6 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             Ok(Effect::Delete { reply }) => (None, Change::Delete, reply),
         };
         let store = self.store.clone();
-        let initial = self.behavior.initial_state();
         let write = async move {
             let stored = match change {
                 Change::Write(durable) => store.write(durable).await,
@@ -227,15 +226,12 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                 Err(error) => return Err(Failure::Store(error)),
             };
             // Someone else owns the newer state: take it, don't fight it.
-            let reloaded = match store.revision(id.clone()).await {
-                Ok(revision) => current::<B>(revision, initial),
-                Err(e) => Err(e),
-            };
+            let reloaded = store.revision(id.clone()).await;
             let conflict = conflict.unwrap_or_else(|| Error::VersionConflict {
                 persistence_id: id,
                 attempted: next,
                 stored: match &reloaded {
-                    Ok((_, version)) => *version,
+                    Ok(revision) => revision.version,
                     Err(_) => next,
                 },
             });
@@ -261,7 +257,12 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                     Err(Failure::Conflict(conflict, reloaded)) => {
                         // A row that could not be read is recovered again before the next
                         // command rather than guessed.
-                        entity.current = reloaded.ok();
+                        let behavior = &entity.behavior;
+                        entity.current = reloaded
+                            .and_then(|revision| {
+                                current::<B>(revision, || behavior.initial_state())
+                            })
+                            .ok();
                         Err(CommandError::Conflict(conflict))
                     }
                     Err(Failure::Store(error)) => {
@@ -280,11 +281,11 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
 /// The state and version an entity goes on from, given what is stored.
 fn current<B: DurableStateBehavior>(
     revision: Revision,
-    initial: B::State,
+    initial: impl FnOnce() -> B::State,
 ) -> Result<(B::State, u64), Error> {
     let state = match &revision.state {
         Some(stored) => B::State::from_durable_state(stored)?,
-        None => initial,
+        None => initial(),
     };
     Ok((state, revision.version))
 }
@@ -296,9 +297,9 @@ enum Change {
 }
 
 /// Why persisting a command's state failed.
-enum Failure<S> {
-    /// Another writer got there first; the stored state and version as reloaded.
-    Conflict(Error, Result<(S, u64), Error>),
+enum Failure {
+    /// Another writer got there first; what is stored now, as reloaded.
+    Conflict(Error, Result<Revision, Error>),
     /// The store failed; [`Error::outcome_unknown`] says whether the write may have landed.
     Store(Error),
 }
