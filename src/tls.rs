@@ -6,7 +6,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
+};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -273,7 +275,33 @@ impl ServerCertVerifier for PartialVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        if self.chain.is_some() {
+            return rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms);
+        }
+        // As rustls does for TLS 1.2: each algorithm of the scheme, until one fits the key.
+        let spki = public_key_of(cert)?;
+        let key = webpki::RawPublicKeyEntity::try_from(&spki).map_err(bad_key)?;
+        let candidates = self
+            .algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algorithms)| *algorithms)
+            .ok_or(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
+        let mut last = None;
+        for algorithm in candidates {
+            match key.verify_signature(*algorithm, message, dss.signature()) {
+                Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+                Err(error @ webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => {
+                    last = Some(error);
+                }
+                Err(error) => return Err(bad_key(error)),
+            }
+        }
+        Err(last.map_or(
+            rustls::Error::InvalidCertificate(CertificateError::BadSignature),
+            bad_key,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -282,12 +310,39 @@ impl ServerCertVerifier for PartialVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        if self.chain.is_some() {
+            return rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms);
+        }
+        let spki = public_key_of(cert)?;
+        rustls::crypto::verify_tls13_signature_with_raw_key(message, &spki, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// The public key of a certificate, of any X.509 version. Where no certificate is checked
+/// (`prefer`, `require`), the handshake's signature is verified against this key alone, as
+/// libpq does with OpenSSL: rustls's own certificate parser accepts only X.509 v3, and servers
+/// with a generated v1 certificate (Citus makes one for each node) would be refused.
+fn public_key_of(
+    cert: &CertificateDer<'_>,
+) -> Result<SubjectPublicKeyInfoDer<'static>, rustls::Error> {
+    use x509_cert::der::{Decode, Encode};
+    let invalid = |_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).map_err(invalid)?;
+    let spki = parsed
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(invalid)?;
+    Ok(SubjectPublicKeyInfoDer::from(spki))
+}
+
+/// A key or signature webpki refused, as a rustls error.
+fn bad_key(error: webpki::Error) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(error))))
 }
 
 /// The TLS connectors a caller's pool may use: any tokio-postgres [`MakeTlsConnect`] whose

@@ -375,3 +375,55 @@ async fn system_roots_reject_a_server_with_a_private_ca() {
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("certificate"), "{err}");
 }
+
+/// Citus generates a version 1 (no extensions) certificate for each node, and so do older
+/// tools; libpq accepts it with `prefer` and `require`, which check no certificate.
+#[actix::test]
+async fn an_x509_v1_certificate_is_accepted_where_no_certificate_is_checked() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = Cluster::new_dir("v1cert");
+    // `openssl x509 -req` without an extension file signs a version 1 certificate.
+    let made = Command::new("sh")
+        .current_dir(&dir)
+        .arg("-c")
+        .arg(
+            "openssl req -new -newkey rsa:2048 -nodes -keyout server.key -subj /CN=localhost \
+             -out server.csr && openssl x509 -req -in server.csr -signkey server.key -days 2 \
+             -out server.crt && chown postgres:postgres server.key server.crt \
+             && chmod 600 server.key server.crt",
+        )
+        .output();
+    if !made.as_ref().is_ok_and(|out| out.status.success()) {
+        eprintln!("skipped: openssl could not make a certificate: {made:?}");
+        return;
+    }
+    let version = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(dir.join("server.crt"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).contains("Version: 1 (0x0)"));
+    let cluster = Cluster::start_new(
+        &format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            dir.join("server.crt").display(),
+            dir.join("server.key").display()
+        ),
+        None,
+    );
+    for (mode, app) in [
+        (SslMode::Prefer, "tls-v1-prefer"),
+        (SslMode::Require, "tls-v1-require"),
+    ] {
+        let store = DurableStoreActor::new(config("127.0.0.1", cluster.port, app).ssl_mode(mode))
+            .unwrap()
+            .start();
+        store.send(Ping).await.unwrap().unwrap();
+        assert!(encrypted(&cluster, app), "{app}: the session is TLS");
+    }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
