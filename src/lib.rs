@@ -10,7 +10,9 @@
 //! and an [`EntityRegistry`] gives the entities by id: activation on first use, one live actor
 //! per id, passivation when idle.
 //! States are [`DurableState`] messages, wire-compatible with eGo's `ego.v1.DurableState`, and
-//! rows written by eGo's Go PostgreSQL store are read as they are.
+//! rows written by eGo's Go PostgreSQL store are read as they are. The table can be distributed
+//! with Citus (`resources/citus.sql`); the store then sends batches in the form Citus runs on
+//! its workers in parallel ([`Distribution`]).
 //!
 //! ```no_run
 //! use actix::Actor;
@@ -64,7 +66,7 @@ pub use crate::behavior::harness::{BehaviorTest, Then};
 pub use crate::behavior::{
     CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand, HandleCommandAsync,
 };
-pub use crate::config::{Config, VersionCheck};
+pub use crate::config::{Config, Distribution, VersionCheck};
 pub use crate::entity::{DurableEntity, GetState, Passivate, RecoveryPolicy, Sharding, StateStore};
 #[cfg(feature = "serde")]
 pub use crate::error::JsonError;

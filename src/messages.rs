@@ -42,7 +42,9 @@ pub struct GetLatestState(pub String);
 pub struct Ping;
 
 /// Create the configured schema (unless it is `public`) and table with its index, if they do not
-/// exist, using the DDL of `resources/durablestore_postgres.sql`. Never done implicitly.
+/// exist, using the DDL of `resources/durablestore_postgres.sql`. Never done implicitly. Where
+/// the `citus` extension is installed, the table is also distributed by `persistence_id` if it
+/// is not yet (`resources/citus.sql`; see [`Config::distribution`](crate::Config::distribution)).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<(), Error>")]
 pub struct CreateSchema;

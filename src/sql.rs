@@ -4,8 +4,9 @@
 //! double-quoted; all values travel as bind parameters.
 
 use std::fmt;
+use std::fmt::Write as _;
 
-use crate::config::{Checked, Config};
+use crate::config::{Checked, Config, VersionCheck};
 use crate::error::{InvalidInput, truncate};
 use crate::state::TOMBSTONE_MANIFEST;
 
@@ -65,6 +66,9 @@ impl fmt::Debug for Identifier {
 /// The DDL shipped in `resources/`, the one source of the table's definition.
 pub(crate) const DDL: &str = include_str!("../resources/durablestore_postgres.sql");
 
+/// Distributing the table on Citus, shipped in `resources/`: the one source of that statement.
+pub(crate) const CITUS_DDL: &str = include_str!("../resources/citus.sql");
+
 /// The index name the DDL file uses for the default table.
 const DDL_INDEX: &str = "idx_states_store_version_number";
 
@@ -80,6 +84,19 @@ const UPDATE_ALL: &str = r#"version_number = EXCLUDED.version_number,
         state_manifest = EXCLUDED.state_manifest,
         "timestamp" = EXCLUDED."timestamp",
         shard_number = EXCLUDED.shard_number"#;
+
+/// The tail of a version-checked [`Sql::values_write`].
+const VALUES_CHECKED: &str = r#"
+ON CONFLICT (persistence_id) DO UPDATE SET version_number = abs(EXCLUDED.version_number),
+    state_payload = EXCLUDED.state_payload,
+    state_manifest = EXCLUDED.state_manifest,
+    "timestamp" = EXCLUDED."timestamp",
+    shard_number = EXCLUDED.shard_number
+WHERE s.version_number = abs(EXCLUDED.version_number) - 1
+RETURNING s.persistence_id,
+    CASE WHEN s.version_number < 0
+    THEN ('durablestore: no stored version to update to version ' || (-s.version_number)::text)::int8
+    ELSE s.version_number END"#;
 
 /// The statements run with bind parameters (and so prepared per connection).
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +115,15 @@ pub(crate) enum Stmt {
 impl Stmt {
     pub(crate) const COUNT: usize = 9;
 }
+
+/// Asks whether the `citus` extension is installed in the database (see
+/// [`Distribution::Detect`](crate::Distribution::Detect)).
+pub(crate) const DETECT_CITUS: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')";
+
+/// The most rows one multi-row `VALUES` write carries: 6 parameters each, well under the
+/// protocol's 65,535, and a statement text of about 100 KB.
+pub(crate) const MAX_VALUES_ROWS: usize = 1_000;
 
 /// The statements of one store.
 #[derive(Debug)]
@@ -133,6 +159,13 @@ pub(crate) struct Sql {
     /// The DDL for this schema and table; one implicit transaction, serialized by an advisory
     /// lock so concurrent creators don't race in the catalog.
     pub create: String,
+    /// [`Sql::create`], then the table distributed by `persistence_id` unless Citus already
+    /// knows it (as `resources/citus.sql` does).
+    pub create_distributed: String,
+    /// `INSERT INTO t AS s (columns) VALUES`, the head of [`Sql::values_write`].
+    values_head: String,
+    /// The tail of an unchecked [`Sql::values_write`].
+    values_unchecked: String,
 }
 
 impl Sql {
@@ -152,6 +185,48 @@ impl Sql {
             Stmt::UpdateOne => &self.update_one,
             Stmt::UpsertOne => &self.upsert_one,
         }
+    }
+
+    /// A write of `rows` rows with distinct ids as one multi-row `INSERT … VALUES … ON
+    /// CONFLICT DO UPDATE`, the form Citus splits by shard and runs on its workers in
+    /// parallel. Row *k* (from 0) takes parameters `6k + 1` to `6k + 6`, in the column order
+    /// of [`StateRow`](crate::state::StateRow). Returns the id and the version of each row it
+    /// inserted or updated.
+    ///
+    /// Version-checked, a row of version 1 is sent as `1` and one of version *v* > 1 as *−v*:
+    /// the update sets `abs(v)` and applies only over the stored version `abs(v) − 1`. An id
+    /// with no stored row is inserted with the version as sent, so the one insert the rule
+    /// forbids, of a version above 1, holds a negative version, and `RETURNING` turns that
+    /// into an error (22P02, a failed cast of a message that says so): the statement fails as
+    /// a whole before it commits, no other session ever sees the row, and the caller writes
+    /// the rows one by one, where each is judged alone.
+    pub(crate) fn values_write(&self, rows: usize, check: VersionCheck) -> String {
+        let tail = match check {
+            VersionCheck::Sequential => VALUES_CHECKED,
+            VersionCheck::Unchecked => &self.values_unchecked,
+        };
+        // `($1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8), ` per row.
+        let mut text = String::with_capacity(self.values_head.len() + tail.len() + rows * 72);
+        text.push_str(&self.values_head);
+        for row in 0..rows {
+            let p = row * 6;
+            if row > 0 {
+                text.push_str(", ");
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(
+                text,
+                "(${}::text, ${}::int8, ${}::bytea, ${}::text, ${}::int8, ${}::int8)",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6
+            );
+        }
+        text.push_str(tail);
+        text
     }
 
     pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
@@ -225,11 +300,7 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             .map(|i| i.quoted())
             // Over 63 bytes: let PostgreSQL truncate it, as it does for any long name.
             .unwrap_or_else(|_| format!("\"idx_{}_version_number\"", table.as_str()));
-        let ddl: String = DDL
-            .lines()
-            .filter(|line| !line.trim_start().starts_with("--"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        let ddl: String = without_comments(DDL)
             // The index name contains the table name: park it while the table is replaced.
             .replace(DDL_INDEX, "\u{0}")
             .replace(Config::DEFAULT_TABLE, &t)
@@ -246,6 +317,13 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
         };
         let create =
             format!("SELECT pg_advisory_xact_lock(hashtext('{lock_key}'));\n{create_schema}{ddl}");
+        let values_head = format!("INSERT INTO {t} AS s ({COLUMNS}) VALUES ");
+        let values_unchecked = format!(
+            "\nON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}\n\
+             RETURNING s.persistence_id, s.version_number"
+        );
+        let distribute = without_comments(CITUS_DDL).replace(Config::DEFAULT_TABLE, &t);
+        let create_distributed = format!("{create}\n{distribute}");
         Sql {
             write_checked,
             write_unchecked,
@@ -257,8 +335,19 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             current_states,
             purge_deleted,
             create,
+            create_distributed,
+            values_head,
+            values_unchecked,
         }
     }
+}
+
+/// The SQL of a file of `resources/`, without its comment lines.
+fn without_comments(sql: &str) -> String {
+    sql.lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -287,6 +376,35 @@ mod tests {
             sql.write_checked
                 .contains(r#"INSERT INTO "tenant_a"."Accounts""#)
         );
+    }
+
+    #[test]
+    fn citus_ddl_distributes_the_configured_table_by_id() {
+        let config = Config::new("h", 1, "u", "", "d")
+            .schema("tenant_a")
+            .table("Accounts");
+        let sql = Sql::new(&config.check(crate::config::PoolOwner::Store).unwrap());
+        let distributed = sql.create_distributed.strip_prefix(&sql.create).unwrap();
+        assert!(
+            distributed
+                .contains(r#"create_distributed_table('"tenant_a"."Accounts"', 'persistence_id')"#)
+        );
+        assert!(distributed.contains(r#"logicalrelid = '"tenant_a"."Accounts"'::regclass"#));
+        assert!(!distributed.contains("states_store") && !distributed.contains("--"));
+    }
+
+    #[test]
+    fn values_writes_number_six_parameters_per_row() {
+        let config = Config::new("h", 1, "u", "", "d");
+        let sql = Sql::new(&config.check(crate::config::PoolOwner::Store).unwrap());
+        let text = sql.values_write(3, VersionCheck::Sequential);
+        assert!(text.contains(
+            "($13::text, $14::int8, $15::bytea, $16::text, $17::int8, $18::int8)\nON CONFLICT"
+        ));
+        assert!(!text.contains("$19"));
+        assert!(text.contains("WHERE s.version_number = abs(EXCLUDED.version_number) - 1"));
+        let unchecked = sql.values_write(1, VersionCheck::Unchecked);
+        assert!(!unchecked.contains("WHERE") && unchecked.contains("RETURNING"));
     }
 
     #[test]

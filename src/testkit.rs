@@ -43,8 +43,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::sql::Identifier;
-use crate::sql::Sql;
+use crate::sql::{DETECT_CITUS, Identifier, Sql};
 
 mod temp_cluster;
 
@@ -167,7 +166,16 @@ impl TestDatabase {
     /// # Errors
     /// [`Error::InvalidConfig`] when no server is found; database errors from the DDL.
     pub async fn new() -> Result<Self, Error> {
-        let url = database_url().await?;
+        Self::new_at(&database_url().await?).await
+    }
+
+    /// Like [`TestDatabase::new`], on the server at `url` (a second server, such as a Citus
+    /// coordinator named by `CITUS_URL`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a URL that does not parse; database errors from the DDL.
+    pub async fn new_at(url: &str) -> Result<Self, Error> {
+        let url = url.to_owned();
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -214,18 +222,26 @@ impl TestDatabase {
         connect(&self.url).await
     }
 
-    /// Creates `table` (with the store's DDL) in this schema.
+    /// Creates `table` (with the store's DDL) in this schema; where the `citus` extension is
+    /// installed, distributed by `persistence_id`, as `CreateSchema` does there.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a name that is not a plain identifier; database errors.
     pub async fn create_table(&self, table: &str) -> Result<(), Error> {
         let table = Identifier::parse("table", table)?;
         let sql = Sql::for_names(&self.schema, &table);
-        self.client()
-            .await?
-            .batch_execute(&sql.create)
+        let client = self.client().await?;
+        let citus: bool = client
+            .query_one(DETECT_CITUS, &[])
             .await
-            .map_err(Error::database)
+            .and_then(|row| row.try_get(0))
+            .map_err(Error::database)?;
+        let ddl = if citus {
+            &sql.create_distributed
+        } else {
+            &sql.create
+        };
+        client.batch_execute(ddl).await.map_err(Error::database)
     }
 
     /// Number of rows in `states_store` of this schema.

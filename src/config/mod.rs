@@ -36,6 +36,26 @@ pub enum VersionCheck {
     Unchecked,
 }
 
+/// Whether the table is a Citus distributed table, which decides the statements that
+/// group-committed writes are sent as (see [`Config::distribution`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Distribution {
+    /// Asks the server once, on the store's first batch: Citus when the `citus` extension is
+    /// installed in the database (`pg_extension`), a single server otherwise. This is the
+    /// default.
+    #[default]
+    Detect,
+    /// One PostgreSQL server (or a primary with replicas): a batch of writes is one statement
+    /// over arrays (`UNNEST`), planned once per connection.
+    SingleServer,
+    /// A Citus cluster with the table distributed by `persistence_id`: a batch of writes is
+    /// one multi-row `INSERT … VALUES … ON CONFLICT`, which Citus splits by shard and runs on
+    /// the workers in parallel, inside a transaction of the store's (see the README's Citus
+    /// section). It is correct on a single server too, only slower there.
+    Citus,
+}
+
 /// Settings of a [`DurableStoreActor`](crate::DurableStoreActor): where the database is, how
 /// the pool behaves, and which table holds the states.
 ///
@@ -81,6 +101,7 @@ pub struct Config {
     pub(crate) max_pending_requests: usize,
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) transaction_pooling: bool,
+    pub(crate) distribution: Distribution,
     pub(crate) max_state_bytes: usize,
     pub(crate) row_format: RowFormat,
     pub(crate) ssl_mode: SslMode,
@@ -147,6 +168,7 @@ impl Config {
             max_pending_requests: Self::DEFAULT_MAX_PENDING_REQUESTS,
             statement_timeout: Some(Self::DEFAULT_STATEMENT_TIMEOUT),
             transaction_pooling: false,
+            distribution: Distribution::default(),
             max_state_bytes: Self::DEFAULT_MAX_STATE_BYTES,
             row_format: RowFormat::default(),
             ssl_mode,
@@ -327,6 +349,28 @@ impl Config {
         self
     }
 
+    /// Whether the table is distributed by Citus, which decides how batches of writes are sent.
+    ///
+    /// Citus routes a statement on one `persistence_id` to its shard, and splits a multi-row
+    /// `VALUES` list by shard, but pulls the rows of the single-server statement (an
+    /// `INSERT … SELECT` from `UNNEST` arrays) through the coordinator. With
+    /// [`Distribution::Citus`] a batch is one multi-row `INSERT … ON CONFLICT DO UPDATE …
+    /// WHERE` guarded by the version rule, in a transaction, and every guarantee of
+    /// [`VersionCheck`] and group commit holds as on one server. Lone writes and reads are
+    /// the same statements on both.
+    ///
+    /// Where the `citus` extension is installed, `CreateSchema` also distributes the table by
+    /// `persistence_id` (`resources/citus.sql`), unless this is
+    /// [`Distribution::SingleServer`].
+    ///
+    /// Defaults to [`Distribution::Detect`]: the store asks the server whether the `citus`
+    /// extension is installed, once, before its first batch.
+    #[must_use]
+    pub fn distribution(mut self, distribution: Distribution) -> Self {
+        self.distribution = distribution;
+        self
+    }
+
     /// The largest encoded state (`state_payload`) a write accepts; larger ones fail with
     /// [`InvalidInput::StateTooLarge`](crate::InvalidInput::StateTooLarge) before reaching the
     /// database.
@@ -387,6 +431,11 @@ impl Config {
     pub fn get_version_check(&self) -> VersionCheck {
         self.version_check
     }
+
+    /// Whether the table is taken to be distributed by Citus.
+    pub fn get_distribution(&self) -> Distribution {
+        self.distribution
+    }
 }
 
 impl fmt::Debug for Config {
@@ -429,6 +478,7 @@ impl fmt::Debug for Config {
             .field("max_pending_requests", &self.max_pending_requests)
             .field("statement_timeout", &self.statement_timeout)
             .field("transaction_pooling", &self.transaction_pooling)
+            .field("distribution", &self.distribution)
             .field("max_state_bytes", &self.max_state_bytes)
             .field("row_format", &self.row_format)
             .finish()

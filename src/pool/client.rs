@@ -190,6 +190,22 @@ impl PooledClient {
             other => other,
         }
     }
+
+    /// Runs SQL text with parameters as an unnamed statement: one round trip, parsed and
+    /// planned on each call, for a statement whose text varies or that runs once. Sent as
+    /// [`PooledClient::query`] sends statements behind a transaction-mode pooler.
+    pub(crate) async fn query_text(
+        &self,
+        text: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, Error> {
+        let client = self.conn()?.client();
+        let statement = client.query_typed(text, params);
+        match self.sending.begin.as_deref() {
+            Some(begin) => self.bounded(in_transaction(client, begin, statement)).await,
+            None => self.bounded(statement).await,
+        }
+    }
 }
 
 impl Drop for PooledClient {

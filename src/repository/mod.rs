@@ -14,17 +14,20 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::config::{Checked, VersionCheck};
+use std::sync::OnceLock;
+
+use crate::config::{Checked, Distribution, VersionCheck};
 use crate::error::Error;
 use crate::messages::{Revision, WriteOutcome};
 use crate::pool::{Connections, PooledClient};
 use crate::queue::{Kind, Pending, Reply, Respond};
-use crate::sql::{Sql, Stmt};
+use crate::sql::{MAX_VALUES_ROWS, Sql, Stmt};
 use crate::state::{DurableState, StateRow};
 use crate::telemetry::{count_write, outcome_name};
 use crate::version;
 
 mod listing;
+mod values;
 
 pub(crate) use self::listing::page_limit;
 
@@ -106,6 +109,9 @@ pub(crate) struct Repository {
     connections: Connections,
     sql: Sql,
     version_check: VersionCheck,
+    distribution: Distribution,
+    /// With [`Distribution::Detect`]: whether the server has Citus, once it said so.
+    citus: OnceLock<bool>,
 }
 
 impl Repository {
@@ -114,6 +120,8 @@ impl Repository {
             connections,
             sql: Sql::new(checked),
             version_check: checked.config.version_check,
+            distribution: checked.config.distribution,
+            citus: OnceLock::new(),
         }
     }
 
@@ -124,7 +132,11 @@ impl Repository {
 
     pub(crate) async fn create_schema(&self) -> Result<(), Error> {
         let client = self.checkout().await?;
-        client.batch_execute(&self.sql.create).await
+        if self.distributes(&client).await? {
+            client.batch_execute(&self.sql.create_distributed).await
+        } else {
+            client.batch_execute(&self.sql.create).await
+        }
     }
 
     async fn checkout(&self) -> Result<PooledClient, Error> {
@@ -146,15 +158,32 @@ impl Repository {
                 return;
             }
         };
+        // Multi-row `VALUES` statements (Citus) carry a bounded number of rows.
+        let values = match batch.len() > 1 {
+            false => false,
+            true => match self.uses_values(&client).await {
+                Ok(values) => values,
+                Err(error) => {
+                    for pending in batch {
+                        pending.answer(Err(error.clone()));
+                    }
+                    return;
+                }
+            },
+        };
+        let limit = if values { MAX_VALUES_ROWS } else { usize::MAX };
         // Once a statement failed for a reason no single row causes (a timeout, a lock, a
         // broken connection...), later rounds are not sent: their callers get the same error
         // at once rather than wait out another timeout each.
         let mut failed: Option<Error> = None;
-        for round in rounds(batch) {
+        for round in rounds(batch)
+            .into_iter()
+            .flat_map(|round| chunks(round, limit))
+        {
             let rows: Vec<&StateRow> = round.iter().map(|p| &p.input).collect();
             let outcomes = match &failed {
                 Some(error) => rows.iter().map(|_| Err(error.clone())).collect(),
-                None => match self.write_rows(&client, &rows).await {
+                None => match self.write_rows(&client, &rows, values).await {
                     Ok(outcomes) => outcomes,
                     // A statement fails as a whole. If one row may be to blame, write each row
                     // alone so the others land.
@@ -187,7 +216,10 @@ impl Repository {
                 outcomes.push(Err(error.clone()));
                 continue;
             }
-            let outcome = match self.write_rows(client, std::slice::from_ref(row)).await {
+            let outcome = match self
+                .write_rows(client, std::slice::from_ref(row), false)
+                .await
+            {
                 Ok(mut single) => single.pop().unwrap_or(Err(no_result(row))),
                 Err(error) => {
                     if !one_row_can_cause(&error) {
@@ -201,11 +233,13 @@ impl Repository {
         outcomes
     }
 
-    /// Writes rows with distinct ids in one statement; one outcome per row, in order.
+    /// Writes rows with distinct ids in one statement (as multi-row `VALUES` if `values`); one
+    /// outcome per row, in order.
     async fn write_rows(
         &self,
         client: &PooledClient,
         rows: &[&StateRow],
+        values: bool,
     ) -> Result<Vec<Result<WriteOutcome, Error>>, Error> {
         let ids: Vec<&str> = rows.iter().map(|r| r.persistence_id.as_str()).collect();
         // If this fails, the statement (atomic) wrote nothing; past it, the written rows are
@@ -230,6 +264,7 @@ impl Repository {
                 let written = client.query(&self.sql, statement, &params).await?;
                 vec![!written.is_empty()]
             }
+            _ if values => self.write_values(client, rows).await?,
             _ => {
                 let versions: Vec<i64> = rows.iter().map(|r| r.version_number).collect();
                 let payloads: Vec<&[u8]> =
@@ -395,6 +430,18 @@ fn rounds(batch: Vec<Pending<Write>>) -> Vec<Vec<Pending<Write>>> {
         rounds[round].push(pending);
     }
     rounds
+}
+
+/// Splits a round into parts of at most `limit` writes, in order.
+fn chunks<T>(mut items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
+    let mut parts = Vec::with_capacity(items.len().div_ceil(limit.max(1)));
+    while items.len() > limit.max(1) {
+        let rest = items.split_off(limit.max(1));
+        parts.push(items);
+        items = rest;
+    }
+    parts.push(items);
+    parts
 }
 
 /// Errors one row of a multi-row statement can cause alone: bad data (class 22), a violated
