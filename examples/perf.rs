@@ -16,7 +16,9 @@
 //! (`--readers` concurrent `get`s). Idle latency: `bare_upsert` (one prepared single-row upsert,
 //! one connection) against `store_single` (one writer through the handle), p50 of sequential
 //! writes. For the crate's variants, `cpu µs/state` is the process's user + system time per
-//! state (from `/proc/self/stat`). Uses `DATABASE_URL` (plain TCP) and its own schema.
+//! state (from `/proc/self/stat`). Uses `DATABASE_URL` (plain TCP) and its own schema. On a
+//! Citus coordinator the table is distributed by `persistence_id` (as `testkit` creates it
+//! there) and the workers are checkpointed too.
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -55,7 +57,8 @@ struct Args {
     /// Pool size of the store (and connections of the ceilings).
     #[arg(long, default_value_t = 4)]
     connections: u32,
-    /// Only the variants whose name contains this.
+    /// Only these variants: a comma-separated list of names, each matching the variant of that
+    /// name, or else every variant whose name contains it.
     #[arg(long)]
     only: Option<String>,
     /// SQL run on the fresh table before measuring, `{table}` and `{schema}` replaced (e.g. to
@@ -63,6 +66,20 @@ struct Args {
     #[arg(long)]
     table_setup: Option<String>,
 }
+
+/// Every variant, in the order a round runs them.
+const VARIANTS: [&str; 10] = [
+    "pgbench_upsert",
+    "raw_unnest",
+    "store",
+    "actor",
+    "entities",
+    "entities_direct",
+    "pgbench_read",
+    "store_reads",
+    "bare_upsert",
+    "store_single",
+];
 
 /// One measurement: units (states or rows) per second, and the client's CPU per unit.
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,6 +100,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .replace("{schema}", db.schema());
         client.batch_execute(&sql).await?;
     }
+    // On a Citus coordinator the workers hold the rows: they are checkpointed too.
+    let citus: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+            &[],
+        )
+        .await?
+        .get(0);
     let seconds = Duration::from_secs(args.seconds);
     let handle = DurableStore::new(
         common::store_config(&db)
@@ -91,27 +116,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let actor = DurableStoreActor::from(handle.clone()).start();
     let mut results: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
-    let wanted = |name: &str| args.only.as_ref().is_none_or(|only| name.contains(only));
+    let wanted = |name: &str| {
+        args.only.as_ref().is_none_or(|only| {
+            only.split(',').any(|item| match VARIANTS.contains(&item) {
+                true => name == item,
+                false => name.contains(item),
+            })
+        })
+    };
 
     for round in 0..args.rounds {
         let prefix = |variant: &str| format!("{variant}-r{round}");
-        let variants: [&'static str; 10] = [
-            "pgbench_upsert",
-            "raw_unnest",
-            "store",
-            "actor",
-            "entities",
-            "entities_direct",
-            "pgbench_read",
-            "store_reads",
-            "bare_upsert",
-            "store_single",
-        ];
-        for name in variants {
+        for name in VARIANTS {
             if !wanted(name) {
                 continue;
             }
             client.batch_execute("CHECKPOINT").await?;
+            if citus {
+                client
+                    .batch_execute("SELECT run_command_on_workers('CHECKPOINT')")
+                    .await?;
+            }
             let sample = match name {
                 "pgbench_upsert" => pgbench(&db, Workload::Upsert, args.connections, seconds)?,
                 "raw_unnest" => raw_unnest(&db, args.connections, seconds, round).await,
