@@ -159,9 +159,9 @@ impl Repository {
             }
         };
         // Multi-row `VALUES` statements (Citus) carry a bounded number of rows.
-        let values = match batch.len() > 1 {
-            false => false,
-            true => match self.uses_values(&client).await {
+        // A lone write takes the single-row statements either way: no need to ask.
+        let values = if batch.len() > 1 {
+            match self.uses_values(&client).await {
                 Ok(values) => values,
                 Err(error) => {
                     for pending in batch {
@@ -169,7 +169,9 @@ impl Repository {
                     }
                     return;
                 }
-            },
+            }
+        } else {
+            false
         };
         let limit = if values { MAX_VALUES_ROWS } else { usize::MAX };
         // Once a statement failed for a reason no single row causes (a timeout, a lock, a
