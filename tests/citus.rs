@@ -33,7 +33,7 @@ fn main() {
     if citus_url.is_none() {
         eprintln!("tests/citus.rs: CITUS_URL is not set: the citus:: tests are skipped (ignored)");
     }
-    let scenarios: [(&str, Scenario); 10] = [
+    let scenarios: [(&str, Scenario); 11] = [
         ("conflicts_and_retries_in_one_batch", |db, c| {
             Box::pin(conflicts_and_retries_in_one_batch(db, c))
         }),
@@ -58,6 +58,9 @@ fn main() {
         }),
         ("entities_recover_as_acknowledged", |db, c| {
             Box::pin(entities_recover_as_acknowledged(db, c))
+        }),
+        ("batches_through_transaction_pooling", |db, c| {
+            Box::pin(batches_through_transaction_pooling(db, c))
         }),
         ("unchecked_writes_are_last_writer_wins", |db, c| {
             Box::pin(unchecked_writes_are_last_writer_wins(db, c))
@@ -441,6 +444,42 @@ async fn entities_recover_as_acknowledged(db: TestDatabase, config: Config) {
     db.cleanup().await.unwrap();
 }
 
+/// Behind a transaction-mode pooler each statement goes in a transaction of its own that sets
+/// the statement timeout (`Config::transaction_pooling`); a batch is then a multi-shard write
+/// inside a transaction block, committed by Citus with two-phase commit at `COMMIT`.
+async fn batches_through_transaction_pooling(db: TestDatabase, config: Config) {
+    let store = DurableStore::new(
+        config
+            .transaction_pooling(true)
+            .statement_timeout(Duration::from_secs(10)),
+    )
+    .unwrap();
+    let ids: Vec<String> = (0..100).map(|i| format!("pooled-{i}")).collect();
+    for version in 1..=3 {
+        let outcomes =
+            write_all(&store, ids.iter().map(|id| state(id, version, 1)).collect()).await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|r| matches!(r, Ok(WriteOutcome::Written))),
+            "{outcomes:?}"
+        );
+    }
+    let gaps = write_all(
+        &store,
+        (0..20).map(|i| state(&format!("gap-{i}"), 4, 1)).collect(),
+    )
+    .await;
+    assert!(
+        gaps.iter()
+            .all(|r| matches!(r, Err(Error::VersionConflict { stored: 0, .. }))),
+        "{gaps:?}"
+    );
+    assert_eq!(db.count_rows().await.unwrap(), 100);
+    assert_no_marked_rows(&db).await;
+    db.cleanup().await.unwrap();
+}
+
 async fn unchecked_writes_are_last_writer_wins(db: TestDatabase, config: Config) {
     let store = DurableStore::new(config.version_check(VersionCheck::Unchecked)).unwrap();
     let ids: Vec<String> = (0..50).map(|i| format!("lww-{i}")).collect();
@@ -459,8 +498,18 @@ async fn unchecked_writes_are_last_writer_wins(db: TestDatabase, config: Config)
 }
 
 async fn create_schema_distributes_the_table(db: TestDatabase, config: Config) {
-    let store = DurableStore::new(config.table("made_here")).unwrap();
-    store.create_schema().await.unwrap();
+    let store = DurableStore::new(config.clone().table("made_here")).unwrap();
+    // Several stores starting at once: one creates and distributes, the others find it done.
+    let others: Vec<DurableStore> = (0..3)
+        .map(|_| DurableStore::new(config.clone().table("made_here")).unwrap())
+        .collect();
+    let created = join_all(
+        std::iter::once(&store)
+            .chain(&others)
+            .map(|store| store.create_schema()),
+    )
+    .await;
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
     // Idempotent, also once distributed.
     store.create_schema().await.unwrap();
     let client = db.client().await.unwrap();
