@@ -33,7 +33,7 @@ fn main() {
     if citus_url.is_none() {
         eprintln!("tests/citus.rs: CITUS_URL is not set: the citus:: tests are skipped (ignored)");
     }
-    let scenarios: [(&str, Scenario); 11] = [
+    let scenarios: [(&str, Scenario); 12] = [
         ("conflicts_and_retries_in_one_batch", |db, c| {
             Box::pin(conflicts_and_retries_in_one_batch(db, c))
         }),
@@ -61,6 +61,9 @@ fn main() {
         }),
         ("batches_through_transaction_pooling", |db, c| {
             Box::pin(batches_through_transaction_pooling(db, c))
+        }),
+        ("a_timed_out_write_is_safe_to_retry", |db, c| {
+            Box::pin(a_timed_out_write_is_safe_to_retry(db, c))
         }),
         ("unchecked_writes_are_last_writer_wins", |db, c| {
             Box::pin(unchecked_writes_are_last_writer_wins(db, c))
@@ -477,6 +480,52 @@ async fn batches_through_transaction_pooling(db: TestDatabase, config: Config) {
     );
     assert_eq!(db.count_rows().await.unwrap(), 100);
     assert_no_marked_rows(&db).await;
+    db.cleanup().await.unwrap();
+}
+
+/// A write that times out behind a row lock has an unknown outcome: on one server the cancel
+/// rolls it back, while on Citus the coordinator's cancel may leave the worker's statement
+/// waiting, and it commits once the lock is gone. Either way, sending the same state again
+/// is safe and the entity moves on from there.
+async fn a_timed_out_write_is_safe_to_retry(db: TestDatabase, config: Config) {
+    let timeout = Duration::from_millis(300);
+    let store = DurableStore::new(config.max_connections(1).statement_timeout(timeout)).unwrap();
+    assert!(matches!(
+        store.write(state("locked", 1, 1)).await,
+        Ok(WriteOutcome::Written)
+    ));
+    let mut holder = db.client().await.unwrap();
+    let lock = holder.transaction().await.unwrap();
+    lock.execute(
+        &format!(
+            "SELECT 1 FROM \"{}\".states_store WHERE persistence_id = 'locked' FOR UPDATE",
+            db.schema()
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let timed_out = store.write(state("locked", 2, 2)).await;
+    assert!(
+        matches!(timed_out, Err(Error::Timeout { .. })),
+        "{timed_out:?}"
+    );
+    assert!(timed_out.unwrap_err().outcome_unknown());
+    lock.rollback().await.unwrap();
+
+    let retry = store.write(state("locked", 2, 2)).await;
+    assert!(
+        matches!(
+            retry,
+            Ok(WriteOutcome::Written | WriteOutcome::AlreadyStored)
+        ),
+        "{retry:?}"
+    );
+    assert!(matches!(
+        store.write(state("locked", 3, 3)).await,
+        Ok(WriteOutcome::Written)
+    ));
+    assert_eq!(store.revision("locked").await.unwrap().version, 3);
     db.cleanup().await.unwrap();
 }
 
