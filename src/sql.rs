@@ -156,6 +156,9 @@ pub(crate) struct Sql {
     pub current_states: String,
     /// Removes the tombstones stamped before `$1` (Unix ms); returns how many.
     pub purge_deleted: String,
+    /// Each id of `$1::text[]` with the Citus shard that holds it, computed on the
+    /// coordinator from its metadata (no worker is asked).
+    pub shard_of: String,
     /// The DDL for this schema and table; one implicit transaction, serialized by an advisory
     /// lock so concurrent creators don't race in the catalog.
     pub create: String,
@@ -322,6 +325,10 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             "\nON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}\n\
              RETURNING s.persistence_id, s.version_number"
         );
+        let shard_of = format!(
+            "SELECT i, get_shard_id_for_distribution_column('{t}'::regclass, i) \
+             FROM unnest($1::text[]) AS i"
+        );
         let distribute = without_comments(CITUS_DDL).replace(Config::DEFAULT_TABLE, &t);
         let create_distributed = format!("{create}\n{distribute}");
         Sql {
@@ -334,6 +341,7 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             list_ids,
             current_states,
             purge_deleted,
+            shard_of,
             create,
             create_distributed,
             values_head,

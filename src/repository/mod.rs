@@ -26,8 +26,8 @@ use crate::state::{DurableState, StateRow};
 use crate::telemetry::{count_write, outcome_name};
 use crate::version;
 
+mod citus;
 mod listing;
-mod values;
 
 pub(crate) use self::listing::page_limit;
 
@@ -161,7 +161,7 @@ impl Repository {
         // Multi-row `VALUES` statements (Citus) carry a bounded number of rows.
         // A lone write takes the single-row statements either way: no need to ask.
         let values = if batch.len() > 1 {
-            match self.uses_values(&client).await {
+            match self.on_citus(&client).await {
                 Ok(values) => values,
                 Err(error) => {
                     for pending in batch {
@@ -366,9 +366,13 @@ impl Repository {
         ids.sort_unstable();
         ids.dedup();
         let client = self.checkout().await?;
-        let rows = client
-            .query(&self.sql, Stmt::Select, &[(&ids, Type::TEXT_ARRAY)])
-            .await?;
+        let rows = if ids.len() > 1 && self.on_citus(&client).await? {
+            self.read_by_shard(&client, &ids).await?
+        } else {
+            client
+                .query(&self.sql, Stmt::Select, &[(&ids, Type::TEXT_ARRAY)])
+                .await?
+        };
         let mut found = HashMap::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get(0).map_err(Error::database)?;

@@ -1,27 +1,34 @@
-//! Writes as multi-row `VALUES` statements, the form that suits a Citus distributed table
-//! ([`Distribution::Citus`](crate::Distribution::Citus)).
+//! The statements that suit a Citus distributed table
+//! ([`Distribution::Citus`](crate::Distribution::Citus)), and finding out whether it is one.
 //!
-//! Citus splits the rows of an `INSERT … VALUES` by shard and sends each worker its part in
-//! parallel, where the single-server statement (an `INSERT … SELECT` from arrays) would have
-//! all rows pulled through the coordinator. The version rule is the `WHERE` of the
+//! Writes: Citus splits the rows of an `INSERT … VALUES` by shard and sends each worker its
+//! part in parallel, where the single-server statement (an `INSERT … SELECT` from arrays)
+//! would have all rows pulled through the coordinator. The version rule is the `WHERE` of the
 //! `ON CONFLICT DO UPDATE`, and an insert the rule forbids fails the statement (see
 //! [`Sql::values_write`](crate::sql::Sql)).
+//!
+//! Reads: one `= ANY` over many shards sends the whole array to every shard it touches. The
+//! ids of a batch are grouped by shard instead (the coordinator says which), and each group is
+//! a single-shard read, all pipelined on the batch's connection.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use futures_util::future::join_all;
+use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::Repository;
 use crate::config::{Distribution, VersionCheck};
 use crate::error::Error;
 use crate::pool::PooledClient;
-use crate::sql::DETECT_CITUS;
+use crate::sql::{DETECT_CITUS, Stmt};
 use crate::state::StateRow;
 
 impl Repository {
-    /// Whether batches of writes go as multi-row `VALUES`: as configured, or, with
+    /// Whether the table is taken to be distributed by Citus (batches of writes go as
+    /// multi-row `VALUES`, batches of reads by shard): as configured, or, with
     /// [`Distribution::Detect`], as the server said the first time it was asked.
-    pub(super) async fn uses_values(&self, client: &PooledClient) -> Result<bool, Error> {
+    pub(super) async fn on_citus(&self, client: &PooledClient) -> Result<bool, Error> {
         match self.distribution {
             Distribution::SingleServer => Ok(false),
             Distribution::Citus => Ok(true),
@@ -87,6 +94,48 @@ impl Repository {
             .iter()
             .map(|row| written.contains(row.persistence_id.as_str()))
             .collect())
+    }
+}
+
+impl Repository {
+    /// The stored rows of `ids` (distinct), read shard by shard: one single-shard statement
+    /// per shard, pipelined. A table Citus does not distribute (a local table on the
+    /// coordinator) is read with one statement.
+    pub(super) async fn read_by_shard(
+        &self,
+        client: &PooledClient,
+        ids: &[&str],
+    ) -> Result<Vec<Row>, Error> {
+        let all: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::TEXT_ARRAY)];
+        let read_all = || client.query(&self.sql, Stmt::Select, &all);
+        let placed = match client.query_text(&self.sql.shard_of, &all).await {
+            Ok(placed) => placed,
+            // The server refused (`relation is not distributed`): not a connection problem.
+            Err(Error::Database { .. }) => return read_all().await,
+            Err(error) => return Err(error),
+        };
+        let mut by_shard: HashMap<i64, Vec<&str>> = HashMap::new();
+        for row in &placed {
+            let id: &str = row.try_get(0).map_err(Error::database)?;
+            let shard: i64 = row.try_get(1).map_err(Error::database)?;
+            by_shard.entry(shard).or_default().push(id);
+        }
+        if by_shard.len() <= 1 {
+            return read_all().await;
+        }
+        let groups: Vec<Vec<&str>> = by_shard.into_values().collect();
+        let params: Vec<[(&(dyn ToSql + Sync), Type); 1]> = groups
+            .iter()
+            .map(|group| [(group as &(dyn ToSql + Sync), Type::TEXT_ARRAY)])
+            .collect();
+        let reads = params
+            .iter()
+            .map(|group| client.query(&self.sql, Stmt::Select, group));
+        let mut rows = Vec::with_capacity(ids.len());
+        for read in join_all(reads).await {
+            rows.extend(read?);
+        }
+        Ok(rows)
     }
 }
 
