@@ -51,8 +51,8 @@ pub enum Distribution {
     SingleServer,
     /// A Citus cluster with the table distributed by `persistence_id`: a batch of writes is
     /// one multi-row `INSERT … VALUES … ON CONFLICT`, which Citus splits by shard and runs on
-    /// the workers in parallel, inside a transaction of the store's (see the README's Citus
-    /// section). It is correct on a single server too, only slower there.
+    /// the workers in parallel, and a batch of reads is one single-shard read per shard (see
+    /// the README's Citus section). It is correct on a single server too, only slower there.
     Citus,
 }
 
@@ -356,8 +356,9 @@ impl Config {
     /// `INSERT … SELECT` from `UNNEST` arrays) through the coordinator. With
     /// [`Distribution::Citus`] a batch is one multi-row `INSERT … ON CONFLICT DO UPDATE …
     /// WHERE` guarded by the version rule, in a transaction, and every guarantee of
-    /// [`VersionCheck`] and group commit holds as on one server. Lone writes and reads are
-    /// the same statements on both.
+    /// [`VersionCheck`] and group commit holds as on one server. A batch of reads is grouped by
+    /// shard (the coordinator says which shard holds each id), one single-shard read per shard,
+    /// pipelined. Lone writes and lone reads are the same statements on both.
     ///
     /// Where the `citus` extension is installed, `CreateSchema` also distributes the table by
     /// `persistence_id` (`resources/citus.sql`), unless this is
