@@ -33,7 +33,7 @@ fn main() {
     if citus_url.is_none() {
         eprintln!("tests/citus.rs: CITUS_URL is not set: the citus:: tests are skipped (ignored)");
     }
-    let scenarios: [(&str, Scenario); 12] = [
+    let scenarios: [(&str, Scenario); 13] = [
         ("conflicts_and_retries_in_one_batch", |db, c| {
             Box::pin(conflicts_and_retries_in_one_batch(db, c))
         }),
@@ -71,6 +71,9 @@ fn main() {
         ("create_schema_distributes_the_table", |db, c| {
             Box::pin(create_schema_distributes_the_table(db, c))
         }),
+        ("a_local_table_on_the_coordinator_works_too", |db, c| {
+            Box::pin(a_local_table_on_the_coordinator_works_too(db, c))
+        }),
     ];
     let mut trials = Vec::new();
     for (name, scenario) in scenarios {
@@ -82,7 +85,11 @@ fn main() {
             })
             .with_ignored_flag(citus_url.is_none()),
         );
-        if name != "create_schema_distributes_the_table" {
+        let citus_only = [
+            "create_schema_distributes_the_table",
+            "a_local_table_on_the_coordinator_works_too",
+        ];
+        if !citus_only.contains(&name) {
             trials.push(Trial::test(
                 format!("values_on_one_server::{name}"),
                 move || run(None, Distribution::Citus, scenario),
@@ -583,5 +590,38 @@ async fn create_schema_distributes_the_table(db: TestDatabase, config: Config) {
             .all(|r| matches!(r, Ok(WriteOutcome::Written)))
     );
     assert_eq!(db.count_rows_in("made_here").await.unwrap(), 40);
+    db.cleanup().await.unwrap();
+}
+
+/// Citus installed, the table not distributed (a local table of the coordinator): the store
+/// still takes it for Citus, and both paths stay correct there.
+async fn a_local_table_on_the_coordinator_works_too(db: TestDatabase, config: Config) {
+    let client = db.client().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE \"{0}\".local_states (LIKE \"{0}\".states_store INCLUDING ALL)",
+            db.schema()
+        ))
+        .await
+        .unwrap();
+    let store = DurableStore::new(config.table("local_states")).unwrap();
+    let ids: Vec<String> = (0..60).map(|i| format!("local-{i}")).collect();
+    for version in 1..=2 {
+        let written = write_all(&store, ids.iter().map(|id| state(id, version, 1)).collect()).await;
+        assert!(
+            written
+                .iter()
+                .all(|r| matches!(r, Ok(WriteOutcome::Written))),
+            "{written:?}"
+        );
+    }
+    for _ in 0..2 {
+        let read = join_all(ids.iter().map(|id| store.get(id.as_str()))).await;
+        assert!(
+            read.iter()
+                .all(|r| matches!(r, Ok(Some(s)) if s.version_number == 2))
+        );
+    }
+    assert_eq!(db.count_rows_in("local_states").await.unwrap(), 60);
     db.cleanup().await.unwrap();
 }

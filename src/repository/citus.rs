@@ -12,6 +12,7 @@
 //! a single-shard read, all pipelined on the batch's connection.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use futures_util::future::join_all;
 use tokio_postgres::Row;
@@ -95,12 +96,10 @@ impl Repository {
             .map(|row| written.contains(row.persistence_id.as_str()))
             .collect())
     }
-}
 
-impl Repository {
     /// The stored rows of `ids` (distinct), read shard by shard: one single-shard statement
     /// per shard, pipelined. A table Citus does not distribute (a local table on the
-    /// coordinator) is read with one statement.
+    /// coordinator) is read with one statement, from then on without asking again.
     pub(super) async fn read_by_shard(
         &self,
         client: &PooledClient,
@@ -108,10 +107,16 @@ impl Repository {
     ) -> Result<Vec<Row>, Error> {
         let all: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::TEXT_ARRAY)];
         let read_all = || client.query(&self.sql, Stmt::Select, &all);
+        if self.not_distributed.load(Ordering::Relaxed) {
+            return read_all().await;
+        }
         let placed = match client.query_text(&self.sql.shard_of, &all).await {
             Ok(placed) => placed,
             // The server refused (`relation is not distributed`): not a connection problem.
-            Err(Error::Database { .. }) => return read_all().await,
+            Err(Error::Database { .. }) => {
+                self.not_distributed.store(true, Ordering::Relaxed);
+                return read_all().await;
+            }
             Err(error) => return Err(error),
         };
         let mut by_shard: HashMap<i64, Vec<&str>> = HashMap::new();

@@ -15,6 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
 
 use crate::config::{Checked, Distribution, VersionCheck};
 use crate::error::Error;
@@ -112,6 +113,9 @@ pub(crate) struct Repository {
     distribution: Distribution,
     /// With [`Distribution::Detect`]: whether the server has Citus, once it said so.
     citus: OnceLock<bool>,
+    /// Set once the server refused to place the table's ids on shards: reads go as one
+    /// statement.
+    not_distributed: AtomicBool,
 }
 
 impl Repository {
@@ -122,6 +126,7 @@ impl Repository {
             version_check: checked.config.version_check,
             distribution: checked.config.distribution,
             citus: OnceLock::new(),
+            not_distributed: AtomicBool::new(false),
         }
     }
 
