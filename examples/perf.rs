@@ -33,7 +33,7 @@ use clap::Parser;
 use common::{Bump, Writer, bench_state, durable};
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::{
-    DurableEntity, DurableStore, DurableStoreActor, StateStore, WriteState,
+    Distribution, DurableEntity, DurableStore, DurableStoreActor, StateStore, WriteState,
 };
 use futures_util::future::join_all;
 use hdrhistogram::Histogram;
@@ -61,6 +61,9 @@ struct Args {
     /// name, or else every variant whose name contains it.
     #[arg(long)]
     only: Option<String>,
+    /// Send batches as on Citus (`Distribution::Citus`), also on a single server.
+    #[arg(long)]
+    citus_statements: bool,
     /// SQL run on the fresh table before measuring, `{table}` and `{schema}` replaced (e.g. to
     /// drop the version index or set a fillfactor).
     #[arg(long)]
@@ -112,7 +115,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let handle = DurableStore::new(
         common::store_config(&db)
             .max_connections(args.connections)
-            .statement_timeout(Duration::from_secs(60)),
+            .statement_timeout(Duration::from_secs(60))
+            .distribution(match args.citus_statements {
+                true => Distribution::Citus,
+                false => Distribution::Detect,
+            }),
     )?;
     let actor = DurableStoreActor::from(handle.clone()).start();
     let mut results: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
