@@ -116,9 +116,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         common::store_config(&db)
             .max_connections(args.connections)
             .statement_timeout(Duration::from_secs(60))
-            .distribution(match args.citus_statements {
-                true => Distribution::Citus,
-                false => Distribution::Detect,
+            .distribution(if args.citus_statements {
+                Distribution::Citus
+            } else {
+                Distribution::Detect
             }),
     )?;
     let actor = DurableStoreActor::from(handle.clone()).start();

@@ -146,16 +146,8 @@ impl PooledClient {
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, Error> {
         let conn = self.conn()?;
-        let begin = self.sending.begin.as_deref();
         let Some(prepared) = conn.prepared() else {
-            let statement = conn.client().query_typed(sql.text(which), params);
-            return match begin {
-                Some(begin) => {
-                    self.bounded(in_transaction(conn.client(), begin, statement))
-                        .await
-                }
-                None => self.bounded(statement).await,
-            };
+            return self.query_text(sql.text(which), params).await;
         };
         match self
             .bounded(run_prepared(conn, prepared, sql, which, params))

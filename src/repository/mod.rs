@@ -3,19 +3,19 @@
 //!
 //! Writes are group-committed: a batch is split into rounds in which each id appears once,
 //! each round is one multi-row statement, and each row is answered by the version rule
-//! ([`crate::version`]). Reads of a batch are one `= ANY` statement. Adding a kind of request
+//! ([`crate::version`]). Reads of a batch are one `= ANY` statement (on Citus, one per shard:
+//! [`citus`]). Adding a kind of request
 //! means adding a [`Kind`], a statement in [`crate::sql`] and a batch function here; the queue
 //! ([`crate::queue`]) does not change.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-
-use std::sync::OnceLock;
-use std::sync::atomic::AtomicBool;
 
 use crate::config::{Checked, Distribution, VersionCheck};
 use crate::error::Error;
