@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use crate::config::{Checked, Config, PoolOwner};
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::feed::{ChangePage, Changes, Feed, Offset};
 use crate::messages::{Revision, WriteOutcome};
 use crate::pool::Connections;
 use crate::queue::{Admission, Reply};
@@ -48,6 +49,8 @@ use crate::tls::PoolTls;
 pub struct DurableStore {
     engine: Arc<Engine>,
     checked: Arc<Checked>,
+    /// With [`Config::change_feed`]: the feed's statements, on the same connections.
+    feed: Option<Arc<Feed>>,
 }
 
 impl DurableStore {
@@ -82,9 +85,14 @@ impl DurableStore {
 
     /// Starts the engine on `connections`; the caller is inside a Tokio runtime.
     pub(crate) fn start(connections: Connections, checked: Checked) -> Self {
+        let feed = checked
+            .config
+            .change_feed
+            .then(|| Arc::new(Feed::new(connections.clone(), &checked)));
         DurableStore {
             engine: Arc::new(Engine::start(connections, &checked)),
             checked: Arc::new(checked),
+            feed,
         }
     }
 
@@ -173,7 +181,10 @@ impl DurableStore {
     }
 
     /// Creates the configured schema and table if they do not exist: see
-    /// [`CreateSchema`](crate::CreateSchema).
+    /// [`CreateSchema`](crate::CreateSchema). With [`Config::change_feed`], also applies the
+    /// feed's migration (`resources/changes.sql`) to the table, new or existing; a table that
+    /// would be distributed by Citus is then refused with [`Error::InvalidConfig`] before
+    /// anything is created.
     pub async fn create_schema(&self) -> Result<(), Error> {
         let span = tracing::info_span!(
             "durable_store.create_schema",
@@ -181,7 +192,69 @@ impl DurableStore {
             table = self.checked.table.as_str(),
             outcome = tracing::field::Empty,
         );
-        instrumented(span, self.engine.repository().create_schema()).await
+        let create = async {
+            if let Some(feed) = &self.feed {
+                feed.refuse_distributed().await?;
+            }
+            self.engine.repository().create_schema().await?;
+            match &self.feed {
+                Some(feed) => feed.install().await,
+                None => Ok(()),
+            }
+        };
+        instrumented(span, create).await
+    }
+
+    /// The changes of the table after `from`, following it forever: a stream that delivers
+    /// what the feed holds, then waits for more (woken by a notification, or after
+    /// [`Config::change_poll_interval`]). See the [`feed`](crate::feed) chapter for what it
+    /// guarantees: nothing committed after `from` is skipped, and per entity versions never
+    /// go backwards.
+    ///
+    /// Opens no connection until polled. Each stream listens on a dedicated connection
+    /// (except behind a transaction-mode pooler, where it polls), and reads on the pool.
+    ///
+    /// # Errors
+    /// Yielded as items: [`Error::InvalidConfig`] (and nothing more) when the store has no
+    /// [`Config::change_feed`]; database errors and states that do not decode, after which the
+    /// stream reads again from where it was after a poll interval.
+    pub fn changes(&self, from: Offset) -> Changes {
+        match &self.feed {
+            Some(feed) => Changes::follow(feed.clone(), from),
+            None => Changes::failing(feed_off()),
+        }
+    }
+
+    /// One page of the feed: up to `limit` log entries after `from`, as at most one change per
+    /// entity, and where the next page starts. An empty page with `next == from` means the
+    /// feed has nothing more, for now. For batch consumers; [`DurableStore::changes`] follows.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidConfig`] when the store has no [`Config::change_feed`];
+    /// - [`InvalidInput::LimitOutOfRange`](crate::InvalidInput::LimitOutOfRange) unless
+    ///   `limit` is 1 to 10,000;
+    /// - [`Error::CorruptState`] (and the other decoding errors of reads) for a row that does
+    ///   not decode: the page is not delivered, and the next read tries it again;
+    /// - the pool's and the database's errors.
+    pub async fn changes_page(&self, from: &Offset, limit: usize) -> Result<ChangePage, Error> {
+        match &self.feed {
+            Some(feed) => feed.page(from, limit).await,
+            None => Err(feed_off()),
+        }
+    }
+
+    /// Removes the feed's log entries that a later entry of the same entity made redundant;
+    /// how many. Consumers lose nothing by it, wherever their offsets are: the later entry
+    /// delivers the entity's latest row. Run it periodically; it reads the whole log.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the store has no [`Config::change_feed`]; the pool's
+    /// and the database's errors.
+    pub async fn compact_changes(&self) -> Result<u64, Error> {
+        match &self.feed {
+            Some(feed) => feed.compact().await,
+            None => Err(feed_off()),
+        }
     }
 
     /// The engine, for the store actor to hand requests to.
@@ -199,6 +272,14 @@ async fn ask<T>(submit: impl FnOnce(Reply<T>) -> Option<Admission>) -> Result<T,
         admission.await;
     }
     answer.await.unwrap_or(Err(Error::Interrupted))
+}
+
+fn feed_off() -> Error {
+    Error::InvalidConfig(
+        "this store has no change feed: enable it with Config::change_feed(true) (and run \
+         CreateSchema once to install it)"
+            .to_owned(),
+    )
 }
 
 fn require_runtime() -> Result<(), Error> {

@@ -12,7 +12,9 @@
 //! States are [`DurableState`] messages, wire-compatible with eGo's `ego.v1.DurableState`, and
 //! rows written by eGo's Go PostgreSQL store are read as they are. The table can be distributed
 //! with Citus (`resources/citus.sql`); the store then sends batches in the form Citus runs on
-//! its workers in parallel ([`Distribution`]).
+//! its workers in parallel ([`Distribution`]). Other processes follow the table's changes,
+//! from a stored [`Offset`] and without ever skipping a commit, through the change feed
+//! ([`DurableStore::changes`], opt-in: see the [`feed`] chapter).
 //!
 //! ```no_run
 //! use actix::Actor;
@@ -44,6 +46,7 @@ mod config;
 mod engine;
 mod entity;
 mod error;
+pub mod feed;
 mod handle;
 #[cfg(feature = "serde")]
 mod json;
@@ -71,6 +74,7 @@ pub use crate::entity::{DurableEntity, GetState, Passivate, RecoveryPolicy, Shar
 #[cfg(feature = "serde")]
 pub use crate::error::JsonError;
 pub use crate::error::{Error, InvalidInput, PgError};
+pub use crate::feed::{Change, ChangePage, Changes, Offset, OffsetParseError};
 pub use crate::handle::DurableStore;
 #[cfg(feature = "serde")]
 pub use crate::json::{Json, JsonState};
@@ -88,7 +92,7 @@ pub use crate::tls::{PoolTls, SslMode};
 /// The DDL of the table, exactly as shipped in `resources/durablestore_postgres.sql`.
 pub const DDL: &str = crate::sql::DDL;
 
-pub use {actix, bb8, bb8_postgres, prost, prost_types, rustls, tokio_postgres};
+pub use {actix, bb8, bb8_postgres, futures_util, prost, prost_types, rustls, tokio_postgres};
 #[cfg(feature = "serde")]
 pub use {serde, serde_json};
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Config, Roots};
+use super::{Config, Distribution, Roots};
 use crate::error::Error;
 use crate::sql::Identifier;
 use crate::tls::{self, SslMode};
@@ -100,6 +100,23 @@ impl Config {
             require(
                 timeout <= Duration::from_millis(i32::MAX as u64),
                 "statement_timeout must be at most i32::MAX milliseconds (~24 days)",
+            );
+        }
+        if self.change_feed {
+            require(
+                self.distribution != Distribution::Citus,
+                "the change feed cannot follow a Citus distributed table: transaction ids are \
+                 per node there (use Distribution::SingleServer for a table Citus keeps local)",
+            );
+            require(
+                !self.change_poll_interval.is_zero(),
+                "change_poll_interval must be greater than zero",
+            );
+            // The feed's log function is named `{table}_changes_log`.
+            require(
+                self.table.len() + "_changes_log".len() <= 63,
+                "with the change feed, the table name must be at most 51 bytes (its log \
+                 function is named `{table}_changes_log`)",
             );
         }
         let mut identifier = |kind, name: &str| {

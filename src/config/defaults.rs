@@ -36,6 +36,9 @@ impl Config {
     /// connection is closed), connect timeout and TCP keepalive idle time, when the connection
     /// settings give none: 10 seconds.
     pub const DEFAULT_NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default time a waiting change stream goes without asking for changes when no
+    /// notification wakes it: 500 ms.
+    pub const DEFAULT_CHANGE_POLL_INTERVAL: Duration = Duration::from_millis(500);
 }
 
 /// tokio-postgres's keepalive idle time when none is configured (2 hours): replaced by

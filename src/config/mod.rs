@@ -109,6 +109,8 @@ pub struct Config {
     pub(crate) ssl_mode: SslMode,
     pub(crate) ssl_roots: Roots,
     pub(crate) ssl_client_pem: Option<ClientPem>,
+    pub(crate) change_feed: bool,
+    pub(crate) change_poll_interval: Duration,
 }
 
 impl Config {
@@ -176,6 +178,8 @@ impl Config {
             ssl_mode,
             ssl_roots: Roots::None,
             ssl_client_pem: None,
+            change_feed: false,
+            change_poll_interval: Self::DEFAULT_CHANGE_POLL_INTERVAL,
         }
     }
 
@@ -374,6 +378,35 @@ impl Config {
         self
     }
 
+    /// Whether the store keeps a change feed of its table ([`DurableStore::changes`]): then
+    /// `CreateSchema` also applies `resources/changes.sql` to the table, new or existing (a
+    /// log table and three statement-level triggers; the table itself is not altered), and
+    /// the feed's reads are allowed. See the [`feed`](crate::feed) chapter.
+    ///
+    /// Refused with a Citus distributed table ([`Distribution::Citus`] here, or the `citus`
+    /// extension found by `CreateSchema` under [`Distribution::Detect`]): transaction ids are
+    /// per node there, so no snapshot can say which commits are complete.
+    ///
+    /// Defaults to false: a store and a table without the feed pay nothing for it.
+    ///
+    /// [`DurableStore::changes`]: crate::DurableStore::changes
+    #[must_use]
+    pub fn change_feed(mut self, on: bool) -> Self {
+        self.change_feed = on;
+        self
+    }
+
+    /// How often a waiting change stream asks for new changes when no notification came: the
+    /// latency of the feed behind a transaction-mode pooler (where `LISTEN` cannot work, see
+    /// [`Config::transaction_pooling`]) or after an unrelated transaction held the feed back.
+    ///
+    /// Defaults to [`Config::DEFAULT_CHANGE_POLL_INTERVAL`] (500 ms).
+    #[must_use]
+    pub fn change_poll_interval(mut self, interval: Duration) -> Self {
+        self.change_poll_interval = interval;
+        self
+    }
+
     /// The largest encoded state (`state_payload`) a write accepts; larger ones fail with
     /// [`InvalidInput::StateTooLarge`](crate::InvalidInput::StateTooLarge) before reaching the
     /// database.
@@ -439,6 +472,11 @@ impl Config {
     pub fn get_distribution(&self) -> Distribution {
         self.distribution
     }
+
+    /// Whether the store keeps a change feed ([`Config::change_feed`]).
+    pub fn get_change_feed(&self) -> bool {
+        self.change_feed
+    }
 }
 
 impl fmt::Debug for Config {
@@ -484,6 +522,8 @@ impl fmt::Debug for Config {
             .field("distribution", &self.distribution)
             .field("max_state_bytes", &self.max_state_bytes)
             .field("row_format", &self.row_format)
+            .field("change_feed", &self.change_feed)
+            .field("change_poll_interval", &self.change_poll_interval)
             .finish()
     }
 }
