@@ -361,8 +361,9 @@ pub(crate) struct FeedSql {
     pub create: String,
     /// Up to `$3` entries after the offset (`$1` the transaction id as text, `$2` the id), of
     /// transactions below the snapshot's xmin, in offset order, each with the row it names
-    /// now (NULLs once the row is gone): an index range scan of the log's primary key and
-    /// one primary-key lookup per entry.
+    /// now (NULLs once the row is gone): an index range scan of the log's `xid` index and
+    /// one primary-key lookup per entry. `WITH TIES`: the entries of one offset (one
+    /// transaction writing an id twice) are never split between two pages.
     pub page: String,
     /// Removes the entries that a later entry of the same id makes redundant; how many.
     pub compact: String,
@@ -383,22 +384,29 @@ impl FeedSql {
         let ddl = without_comments(CHANGES_DDL)
             // Longest first: the derived names contain the table's.
             .replace("states_store_changes_log", "\u{1}")
+            // The index name, left unqualified (an index lives in its table's schema).
+            .replace("states_store_changes_xid", "\u{4}")
             .replace("states_store_changes", "\u{2}")
             .replace("'states_store'::regclass", "\u{3}")
             .replace(Config::DEFAULT_TABLE, &t)
             .replace('\u{1}', &function)
             .replace('\u{2}', &log)
-            .replace('\u{3}', &format!("'{t}'::regclass"));
+            .replace('\u{3}', &format!("'{t}'::regclass"))
+            .replace(
+                '\u{4}',
+                &quote_name(&format!("{}_changes_xid", table.as_str())),
+            );
         let lock_key = format!("{}.{}#changes", schema.as_str(), table.as_str());
         let create = format!("SELECT pg_advisory_xact_lock(hashtext('{lock_key}'));\n{ddl}");
         let page = format!(
             r#"SELECT c.xid::text, c.persistence_id, c.version_number, c.deleted,
     s.version_number, s.state_payload, s.state_manifest, s."timestamp", s.shard_number
 FROM {log} c LEFT JOIN {t} s ON s.persistence_id = (c.persistence_id COLLATE "default")
-WHERE (c.xid, c.persistence_id) > ($1::text::xid8, $2::text COLLATE "C")
+WHERE c.xid >= $1::text::xid8
+  AND (c.xid, c.persistence_id) > ($1::text::xid8, $2::text COLLATE "C")
   AND c.xid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY c.xid, c.persistence_id
-LIMIT $3::int8"#
+FETCH FIRST ($3::int8) ROWS WITH TIES"#
         );
         let compact = format!(
             "WITH latest AS (SELECT persistence_id, max(xid) AS xid FROM {log} \

@@ -153,8 +153,45 @@ async fn go_upsert(client: &Client, schema: &str, id: &str, version: i64, balanc
         .unwrap();
 }
 
-/// All the changes there are now, page by page.
-async fn drain(store: &DurableStore, view: &mut View) {
+/// Waits until every transaction that began before now has ended, so that the feed can
+/// deliver everything committed so far. Other tests' transactions (held open on purpose) hold
+/// the whole cluster's feed back for a while: that is the feed's rule, not a failure.
+async fn settle(db: &TestDatabase) {
+    let client = db.client().await.unwrap();
+    let now: String = client
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let past: bool = client
+            .query_one(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::text::xid8",
+                &[&now],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if past {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a transaction never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Everything committed so far, page by page.
+async fn drain(db: &TestDatabase, store: &DurableStore, view: &mut View) {
+    settle(db).await;
+    drain_now(store, view).await;
+}
+
+/// All the changes the feed can deliver now, page by page.
+async fn drain_now(store: &DurableStore, view: &mut View) {
     loop {
         let page = store.changes_page(&view.offset, 7).await.unwrap();
         if page.next == view.offset {
@@ -172,6 +209,7 @@ async fn a_running_transaction_holds_the_feed_back_instead_of_being_skipped() {
     let db = TestDatabase::new().await.unwrap();
     let store = feed_store(&db).await;
     store.write(state("before", 1, 1)).await.unwrap();
+    settle(&db).await;
 
     // Takes its transaction id now, and commits last.
     let late = db.client().await.unwrap();
@@ -181,7 +219,7 @@ async fn a_running_transaction_holds_the_feed_back_instead_of_being_skipped() {
     store.write(state("after", 1, 2)).await.unwrap();
 
     let mut view = View::default();
-    drain(&store, &mut view).await;
+    drain_now(&store, &mut view).await;
     assert_eq!(
         view.latest.keys().collect::<Vec<_>>(),
         vec!["before"],
@@ -190,7 +228,7 @@ async fn a_running_transaction_holds_the_feed_back_instead_of_being_skipped() {
     let held_at = view.offset.clone();
 
     late.batch_execute("COMMIT").await.unwrap();
-    drain(&store, &mut view).await;
+    drain(&db, &store, &mut view).await;
     assert!(view.offset > held_at);
     let client = db.client().await.unwrap();
     assert_eq!(view.as_table(&table(&client, db.schema()).await).len(), 3);
@@ -215,7 +253,7 @@ async fn a_later_version_with_a_smaller_transaction_id_never_goes_backwards() {
         WriteOutcome::Written
     );
     let mut view = View::default();
-    drain(&store, &mut view).await;
+    drain_now(&store, &mut view).await;
     first
         .execute(
             &format!(
@@ -228,13 +266,13 @@ async fn a_later_version_with_a_smaller_transaction_id_never_goes_backwards() {
         .await
         .unwrap();
     first.batch_execute("COMMIT").await.unwrap();
-    drain(&store, &mut view).await;
+    drain(&db, &store, &mut view).await;
     assert_eq!(view.latest["a"], (3, false));
     assert_eq!(view.latest["other"], (1, false));
 
     // And from the beginning, after the fact, the same.
     let mut replay = View::default();
-    drain(&store, &mut replay).await;
+    drain(&db, &store, &mut replay).await;
     assert_eq!(replay.latest, view.latest);
     db.cleanup().await.unwrap();
 }
@@ -332,12 +370,12 @@ async fn deletes_are_delivered_and_purges_never_bring_an_id_back() {
         store.write(state("kept", version, 1)).await.unwrap();
     }
     let mut caught_up = View::default();
-    drain(&store, &mut caught_up).await;
+    drain(&db, &store, &mut caught_up).await;
     assert_eq!(caught_up.latest["gone"], (2, false));
 
     store.delete("gone", 3).await.unwrap();
     let mut saw_tombstone = View::default();
-    drain(&store, &mut saw_tombstone).await;
+    drain(&db, &store, &mut saw_tombstone).await;
     assert_eq!(saw_tombstone.latest["gone"], (3, true));
 
     // Purged are the tombstones stamped before now: let the clock pass the delete's.
@@ -347,7 +385,7 @@ async fn deletes_are_delivered_and_purges_never_bring_an_id_back() {
     // Behind the delete, at the tombstone, or from the beginning: deleted at version 3, never
     // alive again.
     for mut view in [caught_up, saw_tombstone, View::default()] {
-        drain(&store, &mut view).await;
+        drain(&db, &store, &mut view).await;
         assert_eq!(view.latest["gone"], (3, true));
         assert_eq!(view.latest["kept"], (2, false));
     }
@@ -364,7 +402,7 @@ async fn deletes_are_delivered_and_purges_never_bring_an_id_back() {
         .await
         .unwrap();
     let mut view = View::default();
-    drain(&store, &mut view).await;
+    drain(&db, &store, &mut view).await;
     assert_eq!(view.latest["kept"], (2, true));
     db.cleanup().await.unwrap();
 }
@@ -378,6 +416,7 @@ async fn go_format_rows_written_by_plain_sql_are_delivered() {
     go_upsert(&client, db.schema(), "go-1", 2, 200).await;
     go_upsert(&client, db.schema(), "go-2", 1, 7).await;
 
+    settle(&db).await;
     let page = store.changes_page(&Offset::BEGINNING, 100).await.unwrap();
     let states: HashMap<String, DurableState> = page
         .changes
@@ -405,7 +444,7 @@ async fn the_timestamp_column_is_never_the_offset() {
             .write(DurableState::new(id, 1, &account("x", 0)).with_timestamp(timestamp))
             .await
             .unwrap();
-        drain(&store, &mut view).await;
+        drain(&db, &store, &mut view).await;
         assert_eq!(
             view.latest.len(),
             n + 1,
@@ -417,7 +456,7 @@ async fn the_timestamp_column_is_never_the_offset() {
         .write(DurableState::new("t0", 2, &account("x", 0)).with_timestamp(1))
         .await
         .unwrap();
-    drain(&store, &mut view).await;
+    drain(&db, &store, &mut view).await;
     assert_eq!(view.latest["t0"], (2, false));
     db.cleanup().await.unwrap();
 }
@@ -435,7 +474,7 @@ async fn enabling_the_feed_on_an_existing_table_delivers_its_rows() {
     // Installing twice changes nothing (the migration is idempotent).
     store.create_schema().await.unwrap();
     let mut view = View::default();
-    drain(&store, &mut view).await;
+    drain(&db, &store, &mut view).await;
     let client = db.client().await.unwrap();
     assert_eq!(view.as_table(&table(&client, db.schema()).await).len(), 30);
     assert_eq!(view.latest["old-0"], (2, true));
@@ -498,6 +537,7 @@ async fn bad_input_is_a_typed_error_that_changes_nothing() {
         .table("t".repeat(60))
         .change_feed(true);
     assert!(matches!(DurableStore::new(long), Err(Error::InvalidConfig(m)) if m.contains("51")));
+    settle(&db).await;
     let page = store.changes_page(&Offset::BEGINNING, 10).await.unwrap();
     assert_eq!(page.changes.len(), 1);
     db.cleanup().await.unwrap();
@@ -524,6 +564,7 @@ async fn the_projection_example_restarted_in_the_middle_keeps_right_totals() {
             store.write(write(n, version)).await.unwrap();
         }
     }
+    settle(&db).await;
     let applied = projection::project(&store, &mut client, db.schema(), Some(50))
         .await
         .unwrap();
@@ -536,6 +577,7 @@ async fn the_projection_example_restarted_in_the_middle_keeps_right_totals() {
     for n in 0..5 {
         store.delete(format!("acct-{n}"), 5).await.unwrap();
     }
+    settle(&db).await;
     projection::project(&store, &mut client, db.schema(), None)
         .await
         .unwrap();
@@ -554,11 +596,14 @@ async fn one_more_change_arrives(config: Config, db: &TestDatabase) {
     let mut changes = store.changes(Offset::BEGINNING);
     let first = changes.next().await.unwrap().unwrap();
     assert_eq!(first.persistence_id, "first");
-    // The stream has read everything and waits; a commit now must reach it.
+    // The stream has read everything and waits; commits now must reach it. Several, since
+    // other tests' open transactions may hold the feed back when the first one notifies.
     let writer = store.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        writer.write(state("second", 1, 1)).await.unwrap();
+    let writing = tokio::spawn(async move {
+        for version in 1..=300 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            writer.write(state("second", version, 1)).await.unwrap();
+        }
     });
     let second = tokio::time::timeout(Duration::from_secs(60), changes.next())
         .await
@@ -566,6 +611,7 @@ async fn one_more_change_arrives(config: Config, db: &TestDatabase) {
         .unwrap()
         .unwrap();
     assert_eq!(second.persistence_id, "second");
+    writing.abort();
     let _ = db;
 }
 
