@@ -10,6 +10,11 @@
 //! - `pgbench_upsert`: pgbench, 4 connections, 100-row `INSERT … VALUES … ON CONFLICT DO UPDATE`;
 //! - `raw_unnest`: raw tokio-postgres, 4 connections, prepared 100-row `UNNEST` upserts;
 //! - `store`: the `DurableStore` handle; `actor`: `WriteState` to a `DurableStoreActor`;
+//! - `store_feed`: `store` on a table of its own with the change feed on
+//!   (`Config::change_feed`), one consumer following it in this process on a pool of its
+//!   own; its p50/p99 are
+//!   from a write's acknowledgement to the consumer's first delivery of that version or a later
+//!   one;
 //! - `entities`: one `DurableEntity` per writer on the actor; `entities_direct`: on the handle.
 //!
 //! Reads: `pgbench_read` (100-id `= ANY` selects, 4 connections) against `store_reads`
@@ -23,8 +28,8 @@
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -33,8 +38,9 @@ use clap::Parser;
 use common::{Bump, Writer, bench_state, durable};
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::{
-    Distribution, DurableEntity, DurableStore, DurableStoreActor, StateStore, WriteState,
+    Distribution, DurableEntity, DurableStore, DurableStoreActor, Offset, StateStore, WriteState,
 };
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use tokio_postgres::types::{ToSql, Type};
@@ -71,10 +77,11 @@ struct Args {
 }
 
 /// Every variant, in the order a round runs them.
-const VARIANTS: [&str; 10] = [
+const VARIANTS: [&str; 11] = [
     "pgbench_upsert",
     "raw_unnest",
     "store",
+    "store_feed",
     "actor",
     "entities",
     "entities_direct",
@@ -90,6 +97,7 @@ struct Sample {
     rate: f64,
     cpu_us: Option<f64>,
     p50_us: Option<f64>,
+    p99_us: Option<f64>,
 }
 
 #[actix::main]
@@ -122,6 +130,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Distribution::Detect
             }),
     )?;
+    // The same store on a table of its own, with the change feed on.
+    let feed_db = TestDatabase::new().await?;
+    if let Some(setup) = &args.table_setup {
+        let sql = setup
+            .replace("{table}", &format!("{}.states_store", feed_db.schema()))
+            .replace("{schema}", feed_db.schema());
+        common::connect(&feed_db).await.batch_execute(&sql).await?;
+    }
+    let feed_handle = DurableStore::new(
+        common::store_config(&feed_db)
+            .max_connections(args.connections)
+            .statement_timeout(Duration::from_secs(60))
+            .change_feed(true),
+    )?;
+    feed_handle.create_schema().await?;
+    // The consumer reads on a pool of its own, as another process would.
+    let feed_reader = DurableStore::new(common::store_config(&feed_db).change_feed(true))?;
     let actor = DurableStoreActor::from(handle.clone()).start();
     let mut results: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
     let wanted = |name: &str| {
@@ -160,6 +185,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 .map_err(|e| e.to_string())
                         }
                     })
+                    .await
+                }
+                "store_feed" => {
+                    feed_writers(
+                        &feed_handle,
+                        &feed_reader,
+                        args.writers,
+                        seconds,
+                        &prefix(name),
+                    )
                     .await
                 }
                 "actor" => {
@@ -203,7 +238,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         samples.get(samples.len() / 2).copied()
     };
     println!(
-        "| variant | median rate | vs pgbench | vs raw | cpu µs/unit | p50 µs |\n|---|---:|---:|---:|---:|---:|"
+        "| variant | median rate | vs pgbench | vs raw | cpu µs/unit | p50 µs | p99 µs |\n|---|---:|---:|---:|---:|---:|---:|"
     );
     for name in results.keys() {
         let Some(sample) = median(name) else { continue };
@@ -219,10 +254,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => (share("pgbench_upsert"), share("raw_unnest")),
         };
         println!(
-            "| {name} | {:.0}/s | {vs_pgbench} | {vs_raw} | {} | {} |",
+            "| {name} | {:.0}/s | {vs_pgbench} | {vs_raw} | {} | {} | {} |",
             sample.rate,
             sample.cpu_us.map(|c| format!("{c:.1}")).unwrap_or_default(),
             sample.p50_us.map(|p| format!("{p:.0}")).unwrap_or_default(),
+            sample.p99_us.map(|p| format!("{p:.0}")).unwrap_or_default(),
         );
     }
     if let (Some(bare), Some(single)) = (median("bare_upsert"), median("store_single")) {
@@ -235,7 +271,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(actor);
     drop(handle);
+    drop(feed_handle);
+    drop(feed_reader);
     db.cleanup().await?;
+    feed_db.cleanup().await?;
     Ok(())
 }
 
@@ -262,6 +301,7 @@ async fn measure<F: std::future::Future<Output = u64>>(work: F) -> Sample {
         rate: units as f64 / elapsed,
         cpu_us,
         p50_us: None,
+        p99_us: None,
     }
 }
 
@@ -293,6 +333,91 @@ where
         done.get()
     })
     .await
+}
+
+/// `writers` on a store with the change feed, while a consumer follows the feed from its end;
+/// the sample's percentiles are acknowledgement-to-delivery (see the module docs).
+async fn feed_writers(
+    store: &DurableStore,
+    reader: &DurableStore,
+    count: usize,
+    run_for: Duration,
+    prefix: &str,
+) -> Sample {
+    // From the end of what earlier rounds wrote.
+    let mut from = Offset::BEGINNING;
+    loop {
+        let page = reader.changes_page(&from, 10_000).await.expect("feed page");
+        if page.next == from {
+            break;
+        }
+        from = page.next;
+    }
+    type Deliveries = HashMap<String, Vec<(u64, Instant)>>;
+    let delivered: Rc<RefCell<Deliveries>> = Rc::default();
+    let consumer = {
+        let (delivered, mut changes) = (delivered.clone(), reader.changes(from));
+        actix::spawn(async move {
+            while let Some(change) = changes.next().await {
+                let change = change.expect("a change");
+                delivered
+                    .borrow_mut()
+                    .entry(change.persistence_id)
+                    .or_default()
+                    .push((change.version, Instant::now()));
+            }
+        })
+    };
+    let acks: Rc<RefCell<Vec<(String, u64, Instant)>>> = Rc::default();
+    let (writing, acked) = (store.clone(), acks.clone());
+    let mut sample = writers(count, run_for, prefix, move |state| {
+        let (store, acks) = (writing.clone(), acked.clone());
+        async move {
+            let (id, version) = (state.persistence_id.clone(), state.version_number);
+            store.write(state).await.map_err(|e| e.to_string())?;
+            acks.borrow_mut().push((id, version, Instant::now()));
+            Ok(())
+        }
+    })
+    .await;
+    // Until the last acknowledged version of every writer is delivered (at most 30 s).
+    let last: HashMap<String, u64> = acks
+        .borrow()
+        .iter()
+        .map(|(id, version, _)| (id.clone(), *version))
+        .collect();
+    let drained = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < drained {
+        let all = last.iter().all(|(id, version)| {
+            delivered
+                .borrow()
+                .get(id)
+                .and_then(|d| d.last())
+                .is_some_and(|(v, _)| v >= version)
+        });
+        if all {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    consumer.abort();
+    let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+    let delivered = delivered.borrow();
+    for (id, version, acked) in acks.borrow().iter() {
+        let first = delivered
+            .get(id)
+            .and_then(|d| d.iter().find(|(v, _)| v >= version))
+            .map(|(_, at)| at.saturating_duration_since(*acked));
+        match first {
+            Some(latency) => {
+                let _ = histogram.record(latency.as_micros() as u64);
+            }
+            None => eprintln!("{id} v{version} was not delivered within 30 s"),
+        }
+    }
+    sample.p50_us = Some(histogram.value_at_quantile(0.5) as f64);
+    sample.p99_us = Some(histogram.value_at_quantile(0.99) as f64);
+    sample
 }
 
 async fn entities(store: StateStore, count: usize, run_for: Duration, prefix: &str) -> Sample {
@@ -563,5 +688,6 @@ fn pgbench(
         rate: tps * 100.0,
         cpu_us: None,
         p50_us: None,
+        p99_us: None,
     })
 }

@@ -110,19 +110,24 @@
 //! # What it costs
 //!
 //! The table is not altered: no column and no index is added, so its updates stay HOT
-//! (an index on a column that changes on every write would make every update a non-HOT one).
+//! (an index on a column that changes on every write makes every update a non-HOT one).
 //! A write statement pays one insert into the append-only log per statement (a batch is one
-//! statement), its index entries, and one notification per transaction. The log keeps an
-//! entry per write until [`DurableStore::compact_changes`] removes the entries that a later
-//! one of the same id made redundant (run it periodically; consumers lose nothing by it).
-//! The measurements are in `BENCHMARKS.md` ("Change feed").
+//! statement) and its index entries, and a notification from at most one transaction at a
+//! time (a notifying commit takes a database-wide lock, so the triggers let only the holder of
+//! a try-lock notify). On a two-core test machine at 1,000 writers that cost about a quarter
+//! of the write rate (more than the 10 % we aimed for); `BENCHMARKS.md` ("Change feed") has
+//! the measurements, the designs compared and the plan of a resuming read (an index range
+//! scan, only the changed entries). The log keeps an entry per write until
+//! [`DurableStore::compact_changes`] removes the entries that a later one of the same id made
+//! redundant (run it periodically; consumers lose nothing by it).
 //!
 //! # Waking up: notifications and polling
 //!
 //! A stream that has delivered everything waits for a notification (`LISTEN` on a dedicated
-//! connection per stream; the triggers `pg_notify` once per writing transaction) or for
+//! connection per stream; the triggers `pg_notify` at most once per writing transaction) or for
 //! [`Config::change_poll_interval`], whichever comes first, then reads again. Notifications
-//! only shorten the wait: a lost one (a dropped listening connection, which is reopened) costs
+//! only shorten the wait (under load a committing transaction may leave the notifying to a
+//! concurrent one, whose notification or the next poll picks its changes up): a lost one (a dropped listening connection, which is reopened) costs
 //! at most one poll interval, never a change. Behind a transaction-mode pooler (pgBouncer's
 //! `pool_mode = transaction`, [`Config::transaction_pooling`]) `LISTEN` cannot work, as the
 //! server connection changes between transactions: the stream polls only.
