@@ -485,6 +485,28 @@ mod tests {
     }
 
     #[test]
+    fn the_feed_migration_is_rewritten_for_the_configured_names() {
+        let config = Config::new("h", 1, "u", "", "d")
+            .schema("tenant_a")
+            .table("Accounts");
+        let feed = FeedSql::new(&config.check(crate::config::PoolOwner::Store).unwrap());
+        for expected in [
+            r#"CREATE TABLE IF NOT EXISTS "tenant_a"."Accounts_changes""#,
+            r#"INDEX IF NOT EXISTS "Accounts_changes_xid" ON "tenant_a"."Accounts_changes""#,
+            r#"FUNCTION "tenant_a"."Accounts_changes_log"()"#,
+            r#"AFTER DELETE ON "tenant_a"."Accounts""#,
+            r#"tgrelid = '"tenant_a"."Accounts"'::regclass"#,
+        ] {
+            assert!(feed.create.contains(expected), "{expected}");
+        }
+        assert!(!feed.create.contains("states_store") && !feed.create.contains("--"));
+        assert!(
+            feed.page
+                .contains(r#"FROM "tenant_a"."Accounts_changes" c"#)
+        );
+    }
+
+    #[test]
     fn values_writes_number_six_parameters_per_row() {
         let config = Config::new("h", 1, "u", "", "d");
         let sql = Sql::new(&config.check(crate::config::PoolOwner::Store).unwrap());

@@ -138,7 +138,7 @@
 //! `ctx.add_stream(store.changes(from))` and a [`StreamHandler`](actix::StreamHandler):
 //!
 //! ```no_run
-//! use actix::{Actor, Context, StreamHandler};
+//! use actix::{Actor, AsyncContext, Context, StreamHandler};
 //! use durablestore_postgres::{Change, DurableStore, Error, Offset};
 //!
 //! struct Projector {
