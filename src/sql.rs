@@ -159,6 +159,9 @@ pub(crate) struct Sql {
     /// Each id of `$1::text[]` with the Citus shard that holds it, computed on the
     /// coordinator from its metadata (no worker is asked).
     pub shard_of: String,
+    /// Whether Citus' catalog lists the table as distributed: a definite answer where
+    /// [`Sql::shard_of`] failed (42P01 where there is no Citus catalog).
+    pub is_distributed: String,
     /// The DDL for this schema and table; one implicit transaction, serialized by an advisory
     /// lock so concurrent creators don't race in the catalog.
     pub create: String,
@@ -329,6 +332,9 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             "SELECT i, get_shard_id_for_distribution_column('{t}'::regclass, i) \
              FROM unnest($1::text[]) AS i"
         );
+        let is_distributed = format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '{t}'::regclass)"
+        );
         let distribute = without_comments(CITUS_DDL).replace(Config::DEFAULT_TABLE, &t);
         let create_distributed = format!("{create}\n{distribute}");
         Sql {
@@ -342,6 +348,7 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             current_states,
             purge_deleted,
             shard_of,
+            is_distributed,
             create,
             create_distributed,
             values_head,

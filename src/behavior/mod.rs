@@ -155,7 +155,8 @@ pub trait DurableStateBehavior: Unpin + 'static {
     /// name (see [`EntityState`]).
     type State: EntityState + Default + Clone + PartialEq + std::fmt::Debug + Unpin + 'static;
 
-    /// The entity's id, its primary key in the store (1 to 255 bytes, no NUL).
+    /// The entity's id, its primary key in the store (1 to 255 characters, as the
+    /// `VARCHAR(255)` column counts them; no NUL).
     fn persistence_id(&self) -> &str;
 
     /// The state of an entity that has never been persisted, at version 0.

@@ -86,6 +86,11 @@ impl PooledClient {
         work: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, Error> {
         let conn = self.conn()?;
+        // A statement given up on may still be running: nothing more is sent on this
+        // connection, which the pool then discards.
+        if let Some(error) = self.abandoned_error() {
+            return Err(error);
+        }
         let result = match self.sending.statement_timeout {
             None => work.await,
             Some(timeout) => {
@@ -109,6 +114,17 @@ impl PooledClient {
                 (Some(&SqlState::QUERY_CANCELED), Some(timeout)) => Error::Timeout { timeout },
                 _ => Error::database(error),
             }
+        })
+    }
+
+    /// The error a statement on this connection gets once the client gave up on an earlier one
+    /// (a client-side timeout): [`Error::Timeout`]; `None` while the connection is usable.
+    pub(crate) fn abandoned_error(&self) -> Option<Error> {
+        if !self.abandoned.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Error::Timeout {
+            timeout: self.sending.statement_timeout.unwrap_or(Duration::ZERO),
         })
     }
 
