@@ -140,3 +140,268 @@ async fn a_statement_that_loses_a_deadlock_is_sent_again() {
     }
     db.cleanup().await.unwrap();
 }
+
+/// What one replica's callers saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Acknowledged deposits (of 1) per id.
+    acknowledged: std::collections::HashMap<String, i64>,
+    conflicts: u64,
+    commands: u64,
+    conflict_retries: u64,
+}
+
+/// One replica of a service, as a process of its own would run it: its own actix system on
+/// its own thread, its own store (pool) and registry; `callers` callers send deposits of 1 to
+/// random ids of `ids` until `deadline`.
+fn replica(
+    config: durablestore_postgres::Config,
+    ids: Vec<String>,
+    callers: usize,
+    deadline: std::time::Instant,
+) -> std::thread::JoinHandle<Seen> {
+    use common::bank::{Account, Deposit};
+    use durablestore_postgres::{CommandError, EntityRegistry};
+
+    std::thread::spawn(move || {
+        actix::System::new().block_on(async move {
+            let store = DurableStore::new(config).unwrap();
+            let registry = EntityRegistry::builder(store, |id: &str| Account { id: id.into() })
+                .start()
+                .unwrap();
+            let caller = |seed: u64| {
+                let (registry, ids) = (registry.clone(), ids.clone());
+                async move {
+                    let mut rng = fastrand::Rng::with_seed(seed);
+                    let mut seen = Seen::default();
+                    while std::time::Instant::now() < deadline {
+                        let id = &ids[rng.usize(..ids.len())];
+                        seen.commands += 1;
+                        match registry.send(id, Deposit(1)).await {
+                            Ok(_) => *seen.acknowledged.entry(id.clone()).or_default() += 1,
+                            Err(CommandError::Conflict(_)) => seen.conflicts += 1,
+                            Err(other) => panic!("{id}: {other:?}"),
+                        }
+                    }
+                    seen
+                }
+            };
+            let seeds = (0..callers as u64).map(|i| i * 7919 + 1);
+            let mut total = Seen::default();
+            for seen in join_all(seeds.map(caller)).await {
+                total.commands += seen.commands;
+                total.conflicts += seen.conflicts;
+                for (id, n) in seen.acknowledged {
+                    *total.acknowledged.entry(id).or_default() += n;
+                }
+            }
+            total.conflict_retries = registry.stats().conflict_retries;
+            registry.stop().await;
+            total
+        })
+    })
+}
+
+/// Three replicas over one table, 50 callers each, 20 hot ids: conflicts between the replicas'
+/// live entities are absorbed (the entity decides again on the stored state), and every stored
+/// balance equals the deposits acknowledged by all three.
+#[test]
+fn three_replicas_absorb_conflicts_and_store_exactly_what_they_acknowledge() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(TestDatabase::new()).unwrap();
+    let ids: Vec<String> = (0..20).map(|i| format!("account-{i:02}")).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let replicas: Vec<_> = (0..3)
+        .map(|_| replica(db.config().max_connections(4), ids.clone(), 50, deadline))
+        .collect();
+    let seen: Vec<Seen> = replicas.into_iter().map(|r| r.join().unwrap()).collect();
+
+    let commands: u64 = seen.iter().map(|s| s.commands).sum();
+    let conflicts: u64 = seen.iter().map(|s| s.conflicts).sum();
+    let retries: u64 = seen.iter().map(|s| s.conflict_retries).sum();
+    println!(
+        "{commands} commands, {conflicts} conflicts ({:.3} %), {:.3} decisions per command",
+        100.0 * conflicts as f64 / commands as f64,
+        (commands + retries) as f64 / commands as f64
+    );
+    assert!(commands > 0);
+    assert!(
+        conflicts * 100 < commands,
+        "callers saw {conflicts} conflicts in {commands} commands"
+    );
+    let check = runtime.block_on(async {
+        let store = DurableStore::new(db.config()).unwrap();
+        for id in &ids {
+            let acknowledged: i64 = seen.iter().filter_map(|s| s.acknowledged.get(id)).sum();
+            let stored = match store.get(id.clone()).await.unwrap() {
+                Some(state) => {
+                    state
+                        .decode_state::<common::AccountState>()
+                        .unwrap()
+                        .balance
+                }
+                None => 0,
+            };
+            assert_eq!(stored, acknowledged, "{id}");
+        }
+        db.cleanup().await
+    });
+    check.unwrap();
+}
+
+/// An entity whose decision may ask another entity of the same registry.
+mod relay {
+    use std::future::Future;
+    use std::sync::{Arc, OnceLock};
+
+    use actix::Message;
+    use durablestore_postgres::{
+        CommandError, DurableStateBehavior, Effect, EntityRegistry, HandleCommand,
+        HandleCommandAsync,
+    };
+
+    use crate::common::{AccountState, account};
+
+    pub type Registry = Arc<OnceLock<EntityRegistry<Relay>>>;
+
+    pub struct Relay {
+        pub id: String,
+        pub registry: Registry,
+    }
+
+    impl DurableStateBehavior for Relay {
+        type State = AccountState;
+        fn persistence_id(&self) -> &str {
+            &self.id
+        }
+    }
+
+    /// Adds 1; replies with the new count.
+    #[derive(Clone, Message)]
+    #[rtype(result = "Result<i64, CommandError<String>>")]
+    pub struct Bump;
+
+    impl HandleCommand<Bump> for Relay {
+        type Reply = i64;
+        type Error = String;
+        fn handle_command(
+            &mut self,
+            _: Bump,
+            state: &AccountState,
+            _: u64,
+        ) -> Result<Effect<AccountState, i64>, String> {
+            let count = state.balance + 1;
+            Ok(Effect::persist(account(&self.id, count), count))
+        }
+    }
+
+    /// Bumps the entity `.0` (through the registry, from inside the decision), then stores
+    /// the count it answered.
+    #[derive(Clone, Message)]
+    #[rtype(result = "Result<i64, CommandError<String>>")]
+    pub struct Ask(pub String);
+
+    impl HandleCommandAsync<Ask> for Relay {
+        type Reply = i64;
+        type Error = String;
+        fn handle_command_async(
+            &mut self,
+            Ask(other): Ask,
+            _: &AccountState,
+            _: u64,
+        ) -> impl Future<Output = Result<Effect<AccountState, i64>, String>> + 'static {
+            let (registry, id) = (self.registry.clone(), self.id.clone());
+            async move {
+                let registry = registry.get().ok_or("no registry")?;
+                let answer = registry
+                    .send(&other, Bump)
+                    .await
+                    .map_err(|e| format!("{other} answered {e}"))?;
+                Ok(Effect::persist(account(&id, answer), answer))
+            }
+        }
+    }
+}
+
+/// Entities whose decisions ask other entities of the same registry, while every live entity
+/// is busy asking: the entities asked still start (beyond `max_live` once no room is made in
+/// time), and every command is answered.
+#[actix::test]
+async fn entities_asking_entities_never_hang_the_registry() {
+    use durablestore_postgres::EntityRegistry;
+    use relay::{Ask, Bump, Relay};
+
+    let db = TestDatabase::new().await.unwrap();
+    for max_live in [1, 2, 100] {
+        let registry_cell: relay::Registry = Default::default();
+        let cell = registry_cell.clone();
+        let registry =
+            EntityRegistry::builder(DurableStore::new(db.config()).unwrap(), move |id: &str| {
+                Relay {
+                    id: id.into(),
+                    registry: cell.clone(),
+                }
+            })
+            .max_live(max_live)
+            .max_activation_wait(Duration::from_millis(200))
+            .start()
+            .unwrap();
+        let _ = registry_cell.set(registry.clone());
+
+        // Every live entity asks an entity that is not live.
+        let askers: Vec<String> = (0..max_live)
+            .map(|i| format!("asker-{max_live}-{i}"))
+            .collect();
+        for asker in &askers {
+            registry.send(asker, Bump).await.unwrap();
+        }
+        let asks = askers
+            .iter()
+            .enumerate()
+            .map(|(i, asker)| registry.send(asker, Ask(format!("asked-{max_live}-{i}"))));
+        let answers = tokio::time::timeout(Duration::from_secs(60), join_all(asks))
+            .await
+            .expect("every ask answered");
+        for (asker, answer) in askers.iter().zip(answers) {
+            assert_eq!(answer.unwrap(), 1, "{asker}: the asked entity counted 1");
+        }
+        // The registry is usable, and back under its limit once entities are idle.
+        registry.send("unrelated", Bump).await.unwrap();
+        let stats = registry.stats();
+        println!("max_live {max_live}: {stats:?}");
+        registry.stop().await;
+    }
+    db.cleanup().await.unwrap();
+}
+
+/// One entity asking another with `max_live` 1 and the default wait.
+#[actix::test]
+async fn an_entity_asking_another_with_room_for_one() {
+    use durablestore_postgres::EntityRegistry;
+    use relay::{Ask, Relay};
+
+    let db = TestDatabase::new().await.unwrap();
+    let registry_cell: relay::Registry = Default::default();
+    let cell = registry_cell.clone();
+    let registry =
+        EntityRegistry::builder(DurableStore::new(db.config()).unwrap(), move |id: &str| {
+            Relay {
+                id: id.into(),
+                registry: cell.clone(),
+            }
+        })
+        .max_live(1)
+        .start()
+        .unwrap();
+    let _ = registry_cell.set(registry.clone());
+    for round in 1..=2 {
+        let answer =
+            tokio::time::timeout(Duration::from_secs(30), registry.send("a", Ask("b".into())))
+                .await
+                .expect("answered");
+        assert_eq!(answer.unwrap(), round);
+    }
+    assert!(registry.stats().over_limit >= 1);
+    registry.stop().await;
+    db.cleanup().await.unwrap();
+}

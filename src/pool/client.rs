@@ -351,3 +351,47 @@ impl Prepared {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Default::default();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain connection, with no pool behind it.
+    struct Plain(Client);
+
+    impl Conn for Plain {
+        fn client(&self) -> &Client {
+            &self.0
+        }
+        fn prepared(&self) -> Option<&Prepared> {
+            None
+        }
+        fn mark_broken(&self) {}
+        fn abandon(self: Box<Self>) {}
+    }
+
+    /// After the client gave up on a statement (the server did not cancel it in time: here it
+    /// has no server-side timeout at all), the connection runs nothing more, not even a quick
+    /// follow-up read.
+    #[tokio::test]
+    async fn a_connection_given_up_on_runs_nothing_more() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let timeout = Duration::from_millis(50);
+        let pooled =
+            PooledClient::new(Box::new(Plain(client)), Sending::per_session(Some(timeout)));
+        assert!(matches!(
+            pooled.query_text("SELECT pg_sleep(5)", &[]).await,
+            Err(Error::Timeout { .. })
+        ));
+        assert!(matches!(
+            pooled.query_text("SELECT 1", &[]).await,
+            Err(Error::Timeout { .. })
+        ));
+        assert!(pooled.abandoned_error().is_some());
+    }
+}
