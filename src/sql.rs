@@ -69,9 +69,6 @@ pub(crate) const DDL: &str = include_str!("../resources/durablestore_postgres.sq
 /// Distributing the table on Citus, shipped in `resources/`: the one source of that statement.
 pub(crate) const CITUS_DDL: &str = include_str!("../resources/citus.sql");
 
-/// The index name the DDL file uses for the default table.
-const DDL_INDEX: &str = "idx_states_store_version_number";
-
 const COLUMNS: &str =
     r#"persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number"#;
 
@@ -302,15 +299,7 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
              AND \"timestamp\" < $1::int8 RETURNING 1) SELECT count(*) FROM purged"
         );
 
-        let index = Identifier::parse("index", &format!("idx_{}_version_number", table.as_str()))
-            .map(|i| i.quoted())
-            // Over 63 bytes: let PostgreSQL truncate it, as it does for any long name.
-            .unwrap_or_else(|_| format!("\"idx_{}_version_number\"", table.as_str()));
-        let ddl: String = without_comments(DDL)
-            // The index name contains the table name: park it while the table is replaced.
-            .replace(DDL_INDEX, "\u{0}")
-            .replace(Config::DEFAULT_TABLE, &t)
-            .replace('\u{0}', &index);
+        let ddl = without_comments(DDL).replace(Config::DEFAULT_TABLE, &t);
         // The lock key is derived from the qualified name so different tables don't wait for
         // each other; `hashtext` is stable across sessions.
         let lock_key = format!("{}.{}", schema.as_str(), table.as_str());
@@ -379,9 +368,9 @@ mod tests {
             sql.create
                 .contains(r#"CREATE TABLE IF NOT EXISTS "tenant_a"."Accounts""#)
         );
-        assert!(sql.create.contains(
-            r#"INDEX IF NOT EXISTS "idx_Accounts_version_number" ON "tenant_a"."Accounts""#
-        ));
+        // eGo's current DDL: no version index, and room on each page for HOT updates.
+        assert!(!sql.create.contains("INDEX"));
+        assert!(sql.create.contains(") WITH (fillfactor = "));
         assert!(
             sql.create
                 .contains(r#"CREATE SCHEMA IF NOT EXISTS "tenant_a""#)
