@@ -156,8 +156,9 @@ pub(crate) struct Sql {
     /// Each id of `$1::text[]` with the Citus shard that holds it, computed on the
     /// coordinator from its metadata (no worker is asked).
     pub shard_of: String,
-    /// Whether Citus' catalog lists the table as distributed: a definite answer where
-    /// [`Sql::shard_of`] failed (42P01 where there is no Citus catalog).
+    /// Whether Citus' catalog lists the table as hash-distributed (the only kind whose ids
+    /// [`Sql::shard_of`] places): a definite answer where that lookup failed (42P01 where
+    /// there is no Citus catalog).
     pub is_distributed: String,
     /// The DDL for this schema and table; one implicit transaction, serialized by an advisory
     /// lock so concurrent creators don't race in the catalog.
@@ -322,7 +323,8 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
              FROM unnest($1::text[]) AS i"
         );
         let is_distributed = format!(
-            "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '{t}'::regclass)"
+            "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '{t}'::regclass \
+             AND partmethod = 'h')"
         );
         let distribute = without_comments(CITUS_DDL).replace(Config::DEFAULT_TABLE, &t);
         let create_distributed = format!("{create}\n{distribute}");

@@ -151,9 +151,10 @@ impl Repository {
         Ok(rows)
     }
 
-    /// Whether Citus' catalog knows the table: `Some(false)` when it does not, or when the
-    /// server has no Citus catalog; `None` when the catalog lists it (so the failure that led
-    /// here was not about distribution). Errors other than a missing catalog are returned.
+    /// Whether Citus' catalog lists the table as hash-distributed: `Some(false)` when it does
+    /// not (a local or reference table reads with one statement), or when the server has no
+    /// Citus catalog; `None` when the catalog lists it (so the failure that led here was not
+    /// about distribution). Errors other than a missing catalog are returned.
     async fn is_distributed(&self, client: &PooledClient) -> Result<Option<bool>, Error> {
         match client.query_text(&self.sql.is_distributed, &[]).await {
             Ok(rows) => {
