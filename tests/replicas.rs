@@ -264,6 +264,24 @@ mod relay {
 
     pub type Registry = Arc<OnceLock<EntityRegistry<Relay>>>;
 
+    /// A registry of relays on `store`, set up by `set_up`, which its relays can reach.
+    pub fn registry(
+        store: durablestore_postgres::DurableStore,
+        set_up: impl FnOnce(
+            durablestore_postgres::RegistryBuilder<Relay>,
+        ) -> durablestore_postgres::RegistryBuilder<Relay>,
+    ) -> EntityRegistry<Relay> {
+        let cell: Registry = Default::default();
+        let relays = cell.clone();
+        let builder = EntityRegistry::builder(store, move |id: &str| Relay {
+            id: id.into(),
+            registry: relays.clone(),
+        });
+        let registry = set_up(builder).start().unwrap();
+        let _ = cell.set(registry.clone());
+        registry
+    }
+
     pub struct Relay {
         pub id: String,
         pub registry: Registry,
@@ -328,25 +346,15 @@ mod relay {
 /// time), and every command is answered.
 #[actix::test]
 async fn entities_asking_entities_never_hang_the_registry() {
-    use durablestore_postgres::EntityRegistry;
-    use relay::{Ask, Bump, Relay};
+    use relay::{Ask, Bump};
 
     let db = TestDatabase::new().await.unwrap();
     for max_live in [1, 2, 100] {
-        let registry_cell: relay::Registry = Default::default();
-        let cell = registry_cell.clone();
-        let registry =
-            EntityRegistry::builder(DurableStore::new(db.config()).unwrap(), move |id: &str| {
-                Relay {
-                    id: id.into(),
-                    registry: cell.clone(),
-                }
-            })
-            .max_live(max_live)
-            .max_activation_wait(Duration::from_millis(200))
-            .start()
-            .unwrap();
-        let _ = registry_cell.set(registry.clone());
+        let registry = relay::registry(DurableStore::new(db.config()).unwrap(), |builder| {
+            builder
+                .max_live(max_live)
+                .max_activation_wait(Duration::from_millis(200))
+        });
 
         // Every live entity asks an entity that is not live.
         let askers: Vec<String> = (0..max_live)
@@ -377,23 +385,12 @@ async fn entities_asking_entities_never_hang_the_registry() {
 /// One entity asking another with `max_live` 1 and the default wait.
 #[actix::test]
 async fn an_entity_asking_another_with_room_for_one() {
-    use durablestore_postgres::EntityRegistry;
-    use relay::{Ask, Relay};
+    use relay::Ask;
 
     let db = TestDatabase::new().await.unwrap();
-    let registry_cell: relay::Registry = Default::default();
-    let cell = registry_cell.clone();
-    let registry =
-        EntityRegistry::builder(DurableStore::new(db.config()).unwrap(), move |id: &str| {
-            Relay {
-                id: id.into(),
-                registry: cell.clone(),
-            }
-        })
-        .max_live(1)
-        .start()
-        .unwrap();
-    let _ = registry_cell.set(registry.clone());
+    let registry = relay::registry(DurableStore::new(db.config()).unwrap(), |builder| {
+        builder.max_live(1)
+    });
     for round in 1..=2 {
         let answer =
             tokio::time::timeout(Duration::from_secs(30), registry.send("a", Ask("b".into())))

@@ -178,10 +178,7 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
     /// Defaults to [`ConflictPolicy::default`]: up to 10 decisions per command.
     #[must_use]
     pub fn conflicts(mut self, policy: ConflictPolicy) -> Self {
-        self.conflicts = ConflictPolicy {
-            attempts: policy.attempts.max(1),
-            ..policy
-        };
+        self.conflicts = policy.at_least_one_decision();
         self
     }
 

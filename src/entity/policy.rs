@@ -141,6 +141,14 @@ impl ConflictPolicy {
         }
     }
 
+    /// This policy with at least one decision (0 is taken as 1).
+    pub(crate) fn at_least_one_decision(self) -> Self {
+        ConflictPolicy {
+            attempts: self.attempts.max(1),
+            ..self
+        }
+    }
+
     /// The pause after conflicting decision number `tried` (1 for the first): a backoff
     /// doubling from `initial_backoff` up to `max_backoff`, scaled by `jitter` (in `[0, 1)`).
     pub(crate) fn backoff(&self, tried: u32, jitter: f64) -> Duration {
