@@ -50,6 +50,7 @@ mod json;
 mod memory;
 mod messages;
 mod pool;
+mod publish;
 mod queue;
 mod registry;
 mod repository;
@@ -79,7 +80,7 @@ pub use crate::messages::{
     CreateSchema, CurrentStates, DeleteState, Disconnect, GetLatestState, GetRevision,
     ListPersistenceIds, Ping, PurgeDeleted, Revision, WriteOutcome, WriteState,
 };
-pub use crate::registry::publish::StateChanged;
+pub use crate::publish::StateChanged;
 pub use crate::registry::{EntityRegistry, RegistryBuilder, RegistryStats};
 pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN, RowFormat};
 pub use crate::store::{DurableStoreActor, Enqueue, Queued};

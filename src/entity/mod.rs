@@ -17,7 +17,7 @@ use crate::behavior::{
 };
 use crate::error::Error;
 use crate::messages::{Revision, WriteOutcome};
-use crate::registry::publish::Publish;
+use crate::publish::Publish;
 use crate::state::DurableState;
 
 pub use self::policy::{RecoveryPolicy, Sharding};
