@@ -14,6 +14,14 @@
 //! with Citus (`resources/citus.sql`); the store then sends batches in the form Citus runs on
 //! its workers in parallel ([`Distribution`]).
 //!
+//! The manual is the [`guide`] module, one chapter per topic: [the store](guide::store),
+//! [states](guide::states), [entities and the registry](guide::entities),
+//! [several replicas](guide::replicas), [the change feed](guide::change_feed),
+//! [deleting and listing](guide::deleting), [errors](guide::errors),
+//! [TLS and failover](guide::tls), [pgBouncer](guide::pgbouncer), [Citus](guide::citus),
+//! [configuration](guide::configuration), [metrics and tracing](guide::metrics),
+//! [testing your entities](guide::testing) and [the design](guide::design).
+//!
 //! ```no_run
 //! use actix::Actor;
 //! use durablestore_postgres::{
@@ -44,6 +52,7 @@ mod config;
 mod engine;
 mod entity;
 mod error;
+pub mod guide;
 mod handle;
 #[cfg(feature = "serde")]
 mod json;
