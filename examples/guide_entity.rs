@@ -32,7 +32,7 @@ impl DurableStateBehavior for Account {
     }
 }
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<i64, CommandError<Infallible>>")]
 pub struct Deposit(pub i64);
 
@@ -56,7 +56,7 @@ impl HandleCommand<Deposit> for Account {
 #[derive(Debug, PartialEq)]
 pub struct InsufficientFunds;
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<i64, CommandError<InsufficientFunds>>")]
 pub struct Withdraw(pub i64);
 

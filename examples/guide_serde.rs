@@ -33,7 +33,7 @@ impl DurableStateBehavior for Cart {
 }
 
 /// Adds an item; replies with the number of items in the cart.
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<usize, CommandError<String>>")]
 pub struct AddItem(pub String);
 

@@ -77,7 +77,9 @@ pub use crate::behavior::{
     CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand, HandleCommandAsync,
 };
 pub use crate::config::{Config, Distribution, VersionCheck};
-pub use crate::entity::{DurableEntity, GetState, Passivate, RecoveryPolicy, Sharding, StateStore};
+pub use crate::entity::{
+    ConflictPolicy, DurableEntity, GetState, Passivate, RecoveryPolicy, Sharding, StateStore,
+};
 #[cfg(feature = "serde")]
 pub use crate::error::JsonError;
 pub use crate::error::{Error, InvalidInput, PgError};

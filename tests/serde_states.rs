@@ -70,7 +70,7 @@ impl DurableStateBehavior for WalletEntity {
 }
 
 /// Adds to the balance; replies (balance, version).
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<(i64, u64), CommandError<String>>")]
 struct Deposit(i64);
 
@@ -305,14 +305,11 @@ async fn entity_recovers_its_json_state_after_a_restart(store: StateStore) {
         }
     );
 
-    // Two live actors of one id: the second one's write conflicts and it reloads.
+    // Two live actors of one id: the second one's write conflicts, it reloads the JSON state
+    // and decides again on it.
     let other = entity("wallet-1", store.clone());
     assert_eq!(other.send(Deposit(0)).await.unwrap().unwrap(), (121, 3));
     second.send(Deposit(9)).await.unwrap().unwrap();
-    assert!(matches!(
-        other.send(Deposit(5)).await.unwrap(),
-        Err(CommandError::Conflict(Error::VersionConflict { .. }))
-    ));
     assert_eq!(other.send(Deposit(5)).await.unwrap().unwrap(), (135, 5));
 }
 
@@ -412,7 +409,7 @@ async fn a_name_that_could_be_protobuf_is_refused_before_anything_is_written() {
             "clash"
         }
     }
-    #[derive(Message)]
+    #[derive(Clone, Message)]
     #[rtype(result = "Result<(), CommandError<()>>")]
     struct Bump;
     impl HandleCommand<Bump> for ClashEntity {
