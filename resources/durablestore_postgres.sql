@@ -9,7 +9,8 @@
 -- the next version of its rows, so an update can stay on its page (HOT) without touching the
 -- primary key; it is a storage parameter, so a table created by eGo's DDL works the same.
 -- Keep it so: an index added to this table must be on columns that do not change on every write.
--- An existing table is left as it is: see the README for the one-line migration.
+-- An existing table is left as it is: see the guide's states chapter (src/guide/states.md)
+-- for the one-line migration.
 
 CREATE TABLE IF NOT EXISTS states_store
 (

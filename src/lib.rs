@@ -14,6 +14,14 @@
 //! with Citus (`resources/citus.sql`); the store then sends batches in the form Citus runs on
 //! its workers in parallel ([`Distribution`]).
 //!
+//! The manual is the [`guide`] module, one chapter per topic: [the store](guide::store),
+//! [states](guide::states), [entities and the registry](guide::entities),
+//! [several replicas](guide::replicas), [the change feed](guide::change_feed),
+//! [deleting and listing](guide::deleting), [errors](guide::errors),
+//! [TLS and failover](guide::tls), [pgBouncer](guide::pgbouncer), [Citus](guide::citus),
+//! [configuration](guide::configuration), [metrics and tracing](guide::metrics),
+//! [testing your entities](guide::testing) and [the design](guide::design).
+//!
 //! ```no_run
 //! use actix::Actor;
 //! use durablestore_postgres::{
@@ -44,12 +52,14 @@ mod config;
 mod engine;
 mod entity;
 mod error;
+pub mod guide;
 mod handle;
 #[cfg(feature = "serde")]
 mod json;
 mod memory;
 mod messages;
 mod pool;
+mod publish;
 mod queue;
 mod registry;
 mod repository;
@@ -81,7 +91,7 @@ pub use crate::messages::{
     CreateSchema, CurrentStates, DeleteState, Disconnect, GetLatestState, GetRevision,
     ListPersistenceIds, Ping, PurgeDeleted, Revision, WriteOutcome, WriteState,
 };
-pub use crate::registry::publish::StateChanged;
+pub use crate::publish::StateChanged;
 pub use crate::registry::{EntityRegistry, RegistryBuilder, RegistryStats};
 pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN, RowFormat};
 pub use crate::store::{DurableStoreActor, Enqueue, Queued};

@@ -6,8 +6,8 @@
 mod common;
 
 #[allow(dead_code)] // `main` runs only as the example binary
-#[path = "../examples/readme_serde.rs"]
-mod readme_serde;
+#[path = "../examples/guide_serde.rs"]
+mod guide_serde;
 
 use actix::{Actor, Addr, Message};
 use common::{AccountState, account, store, store_with};
@@ -465,24 +465,24 @@ fn behavior_test_runs_json_behaviors() {
     assert_eq!((state.balance, version), (42, 4));
 }
 
-// ---- the README ----
+// ---- the guide's example ----
 
 #[actix::test]
-async fn the_readme_example_is_shown_verbatim_and_runs_on_an_empty_database() {
-    let example = include_str!("../examples/readme_serde.rs");
+async fn the_guide_example_is_shown_verbatim_and_runs_on_an_empty_database() {
+    let example = include_str!("../examples/guide_serde.rs");
     let body = example
         .lines()
         .skip_while(|line| line.starts_with("//!"))
         .collect::<Vec<_>>()
         .join("\n");
     assert!(
-        include_str!("../README.md").contains(&body),
-        "README.md no longer shows examples/readme_serde.rs as it is; copy it again:\n{body}"
+        include_str!("../src/guide/states.md").contains(&body),
+        "src/guide/states.md no longer shows examples/guide_serde.rs as it is; copy it again:\n{body}"
     );
     let db = TestDatabase::new().await.unwrap();
     db.drop_table(Config::DEFAULT_TABLE).await.unwrap();
-    readme_serde::run(db.config()).await.unwrap();
-    readme_serde::run(db.config()).await.unwrap(); // and again: the cart recovered
+    guide_serde::run(db.config()).await.unwrap();
+    guide_serde::run(db.config()).await.unwrap(); // and again: the cart recovered
     let (manifest, payload) = raw_row(&db, "cart-1").await;
     assert_eq!(manifest, "shop.cart-v1");
     assert_eq!(payload, br#"{"items":["book","book"]}"#);

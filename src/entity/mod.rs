@@ -16,7 +16,7 @@ use actix::{Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler,
 use self::recovery::recover_with_retries;
 use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
 use crate::error::Error;
-use crate::registry::publish::Publish;
+use crate::publish::Publish;
 
 pub use self::policy::{ConflictPolicy, RecoveryPolicy, Sharding};
 pub use self::state_store::StateStore;

@@ -1,15 +1,17 @@
 //! A checked-out connection, and how the store's statements run on it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row, Statement};
+use tokio_postgres::{Client, Row};
 
+use super::cancel::CLIENT_TIMEOUT_GRACE;
 use super::conn::Conn;
+use super::prepared::Prepared;
 use crate::error::Error;
 use crate::sql::{Sql, Stmt};
 
@@ -58,10 +60,6 @@ pub(crate) struct PooledClient {
     /// Set when the client gave up on a statement that may still run on the server.
     abandoned: AtomicBool,
 }
-
-/// How long the client waits beyond the statement timeout for the server to cancel a statement
-/// before it gives up on the connection itself.
-pub(super) const CLIENT_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 
 impl PooledClient {
     pub(super) fn new(conn: Box<dyn Conn>, sending: Sending) -> Self {
@@ -322,36 +320,6 @@ fn needs_transaction_pooling(error: Error) -> Error {
          set Config::transaction_pooling(true)"
     ))
 }
-
-/// The statements prepared on one connection, by [`Stmt`].
-#[derive(Default)]
-pub(super) struct Prepared {
-    statements: Mutex<[Option<Statement>; Stmt::COUNT]>,
-}
-
-impl Prepared {
-    pub(super) fn get(&self, which: Stmt) -> Option<Statement> {
-        // A poisoned lock only means a thread panicked while assigning an Option: still valid.
-        self.statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())[which as usize]
-            .clone()
-    }
-
-    pub(super) fn set(&self, which: Stmt, statement: Statement) {
-        self.statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())[which as usize] = Some(statement);
-    }
-
-    pub(super) fn clear(&self) {
-        *self
-            .statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Default::default();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,9 @@
 //! is passivating with the commands that wait for its successor, or the commands that wait for
 //! room under `max_live` before the entity starts.
 
-pub(crate) mod publish;
+// `shared.rs` names the publishers by this path; they live in `crate::publish`, below
+// `entity/`, which announces its state changes through them.
+pub(crate) use crate::publish;
 mod shared;
 mod table;
 
@@ -26,7 +28,7 @@ use self::shared::{Shared, sweep_idle};
 use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
 use crate::entity::{ConflictPolicy, GetState, RecoveryPolicy, Sharding, StateStore};
 use crate::error::Error;
-use crate::registry::publish::{StateChanged, Subscribers};
+use crate::publish::{StateChanged, Subscribers};
 use crate::registry::table::Table;
 
 /// How a registry makes a behavior for an id.

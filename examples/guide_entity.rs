@@ -1,8 +1,8 @@
-//! The README's durable-entity example, verbatim below this header (`tests/readme.rs` checks
-//! that and runs it on an empty schema).
+//! The durable-entity example of the guide's entities chapter (`src/guide/entities.md`),
+//! verbatim below this header (`tests/readme.rs` checks that and runs it on an empty schema).
 //!
 //! ```text
-//! cargo run --example readme_entity
+//! cargo run --example guide_entity
 //! ```
 use std::convert::Infallible;
 
