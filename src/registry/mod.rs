@@ -8,9 +8,6 @@
 //! is passivating with the commands that wait for its successor, or the commands that wait for
 //! room under `max_live` before the entity starts.
 
-// `shared.rs` names the publishers by this path; they live in `crate::publish`, below
-// `entity/`, which announces its state changes through them.
-pub(crate) use crate::publish;
 mod shared;
 mod table;
 

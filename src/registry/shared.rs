@@ -13,7 +13,7 @@ use super::Factory;
 use crate::behavior::{CommandError, DurableStateBehavior};
 use crate::entity::{ConflictPolicy, DurableEntity, OnDrop, RecoveryPolicy, Sharding, StateStore};
 use crate::error::{Error, InvalidInput};
-use crate::registry::publish::{Publish, Subscribers};
+use crate::publish::{Publish, Subscribers};
 use crate::registry::table::{Incarnation, Table, Waiter};
 use crate::state::validate_persistence_id;
 
