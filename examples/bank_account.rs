@@ -81,21 +81,21 @@ pub struct Balance {
 
 type Reply = Result<Balance, CommandError<BankError>>;
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Reply")]
 pub struct Open {
     pub owner: String,
 }
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Reply")]
 pub struct Deposit(pub i64);
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Reply")]
 pub struct Withdraw(pub i64);
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Reply")]
 pub struct GetBalance;
 

@@ -76,7 +76,7 @@ impl DurableStateBehavior for Entity {
     }
 }
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<u64, CommandError<()>>")]
 struct Touch;
 

@@ -71,9 +71,14 @@ struct Args {
     #[arg(long)]
     citus_statements: bool,
     /// SQL run on the fresh table before measuring, `{table}` and `{schema}` replaced (e.g. to
-    /// drop the version index or set a fillfactor).
+    /// recreate the old version index or change the fillfactor).
     #[arg(long)]
     table_setup: Option<String>,
+    /// At the end, report the share of the table's updates that were HOT
+    /// (`pg_stat_user_tables.n_tup_hot_upd`); waits 11 s for idle backends to flush their
+    /// statistics (PostgreSQL flushes them at most every 10 s when idle).
+    #[arg(long)]
+    hot: bool,
 }
 
 /// Every variant, in the order a round runs them.
@@ -268,6 +273,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 s / b
             );
         }
+    }
+    if args.hot {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let row = client
+            .query_one(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+                 WHERE schemaname = $1 AND relname = 'states_store'",
+                &[&db.schema()],
+            )
+            .await?;
+        let (updates, hot): (i64, i64) = (row.get(0), row.get(1));
+        println!(
+            "\nHOT updates: {hot} of {updates} ({:.1} %)",
+            100.0 * hot as f64 / updates.max(1) as f64
+        );
     }
     drop(actor);
     drop(handle);

@@ -229,7 +229,7 @@ impl DurableStateBehavior for Probe {
 }
 
 /// Replies the recovered version; writes nothing.
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<u64, CommandError<std::convert::Infallible>>")]
 struct Version;
 
@@ -247,7 +247,7 @@ impl HandleCommand<Version> for Probe {
 }
 
 /// Persists a small next state.
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<(), CommandError<std::convert::Infallible>>")]
 struct Touch;
 

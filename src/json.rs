@@ -94,7 +94,7 @@ pub trait JsonState: Serialize + DeserializeOwned {
 /// }
 ///
 /// /// Adds an item; replies with the number of items.
-/// #[derive(Message)]
+/// #[derive(Clone, Message)]
 /// #[rtype(result = "Result<usize, CommandError<String>>")]
 /// pub struct AddItem(pub String);
 ///

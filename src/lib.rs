@@ -16,6 +16,14 @@
 //! from a stored [`Offset`] and without ever skipping a commit, through the change feed
 //! ([`DurableStore::changes`], opt-in: see the [`feed`] chapter).
 //!
+//! The manual is the [`guide`] module, one chapter per topic: [the store](guide::store),
+//! [states](guide::states), [entities and the registry](guide::entities),
+//! [several replicas](guide::replicas), [the change feed](guide::change_feed),
+//! [deleting and listing](guide::deleting), [errors](guide::errors),
+//! [TLS and failover](guide::tls), [pgBouncer](guide::pgbouncer), [Citus](guide::citus),
+//! [configuration](guide::configuration), [metrics and tracing](guide::metrics),
+//! [testing your entities](guide::testing) and [the design](guide::design).
+//!
 //! ```no_run
 //! use actix::Actor;
 //! use durablestore_postgres::{
@@ -47,12 +55,14 @@ mod engine;
 mod entity;
 mod error;
 pub mod feed;
+pub mod guide;
 mod handle;
 #[cfg(feature = "serde")]
 mod json;
 mod memory;
 mod messages;
 mod pool;
+mod publish;
 mod queue;
 mod registry;
 mod repository;
@@ -70,7 +80,9 @@ pub use crate::behavior::{
     CommandError, DurableStateBehavior, Effect, EntityState, HandleCommand, HandleCommandAsync,
 };
 pub use crate::config::{Config, Distribution, VersionCheck};
-pub use crate::entity::{DurableEntity, GetState, Passivate, RecoveryPolicy, Sharding, StateStore};
+pub use crate::entity::{
+    ConflictPolicy, DurableEntity, GetState, Passivate, RecoveryPolicy, Sharding, StateStore,
+};
 #[cfg(feature = "serde")]
 pub use crate::error::JsonError;
 pub use crate::error::{Error, InvalidInput, PgError};
@@ -83,7 +95,7 @@ pub use crate::messages::{
     CreateSchema, CurrentStates, DeleteState, Disconnect, GetLatestState, GetRevision,
     ListPersistenceIds, Ping, PurgeDeleted, Revision, WriteOutcome, WriteState,
 };
-pub use crate::registry::publish::StateChanged;
+pub use crate::publish::StateChanged;
 pub use crate::registry::{EntityRegistry, RegistryBuilder, RegistryStats};
 pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN, RowFormat};
 pub use crate::store::{DurableStoreActor, Enqueue, Queued};

@@ -69,9 +69,6 @@ pub(crate) const DDL: &str = include_str!("../resources/durablestore_postgres.sq
 /// Distributing the table on Citus, shipped in `resources/`: the one source of that statement.
 pub(crate) const CITUS_DDL: &str = include_str!("../resources/citus.sql");
 
-/// The index name the DDL file uses for the default table.
-const DDL_INDEX: &str = "idx_states_store_version_number";
-
 const COLUMNS: &str =
     r#"persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number"#;
 
@@ -159,6 +156,10 @@ pub(crate) struct Sql {
     /// Each id of `$1::text[]` with the Citus shard that holds it, computed on the
     /// coordinator from its metadata (no worker is asked).
     pub shard_of: String,
+    /// Whether Citus' catalog lists the table as hash-distributed (the only kind whose ids
+    /// [`Sql::shard_of`] places): a definite answer where that lookup failed (42P01 where
+    /// there is no Citus catalog).
+    pub is_distributed: String,
     /// The DDL for this schema and table; one implicit transaction, serialized by an advisory
     /// lock so concurrent creators don't race in the catalog.
     pub create: String,
@@ -299,15 +300,7 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
              AND \"timestamp\" < $1::int8 RETURNING 1) SELECT count(*) FROM purged"
         );
 
-        let index = Identifier::parse("index", &format!("idx_{}_version_number", table.as_str()))
-            .map(|i| i.quoted())
-            // Over 63 bytes: let PostgreSQL truncate it, as it does for any long name.
-            .unwrap_or_else(|_| format!("\"idx_{}_version_number\"", table.as_str()));
-        let ddl: String = without_comments(DDL)
-            // The index name contains the table name: park it while the table is replaced.
-            .replace(DDL_INDEX, "\u{0}")
-            .replace(Config::DEFAULT_TABLE, &t)
-            .replace('\u{0}', &index);
+        let ddl = without_comments(DDL).replace(Config::DEFAULT_TABLE, &t);
         // The lock key is derived from the qualified name so different tables don't wait for
         // each other; `hashtext` is stable across sessions.
         let lock_key = format!("{}.{}", schema.as_str(), table.as_str());
@@ -329,6 +322,10 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             "SELECT i, get_shard_id_for_distribution_column('{t}'::regclass, i) \
              FROM unnest($1::text[]) AS i"
         );
+        let is_distributed = format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '{t}'::regclass \
+             AND partmethod = 'h')"
+        );
         let distribute = without_comments(CITUS_DDL).replace(Config::DEFAULT_TABLE, &t);
         let create_distributed = format!("{create}\n{distribute}");
         Sql {
@@ -342,6 +339,7 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             current_states,
             purge_deleted,
             shard_of,
+            is_distributed,
             create,
             create_distributed,
             values_head,
@@ -455,9 +453,9 @@ mod tests {
             sql.create
                 .contains(r#"CREATE TABLE IF NOT EXISTS "tenant_a"."Accounts""#)
         );
-        assert!(sql.create.contains(
-            r#"INDEX IF NOT EXISTS "idx_Accounts_version_number" ON "tenant_a"."Accounts""#
-        ));
+        // eGo's current DDL: no version index, and room on each page for HOT updates.
+        assert!(!sql.create.contains("INDEX"));
+        assert!(sql.create.contains(") WITH (fillfactor = "));
         assert!(
             sql.create
                 .contains(r#"CREATE SCHEMA IF NOT EXISTS "tenant_a""#)

@@ -275,33 +275,7 @@ impl ServerCertVerifier for PartialVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if self.chain.is_some() {
-            return rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms);
-        }
-        // As rustls does for TLS 1.2: each algorithm of the scheme, until one fits the key.
-        let spki = public_key_of(cert)?;
-        let key = webpki::RawPublicKeyEntity::try_from(&spki).map_err(bad_key)?;
-        let candidates = self
-            .algorithms
-            .mapping
-            .iter()
-            .find(|(scheme, _)| *scheme == dss.scheme)
-            .map(|(_, algorithms)| *algorithms)
-            .ok_or(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
-        let mut last = None;
-        for algorithm in candidates {
-            match key.verify_signature(*algorithm, message, dss.signature()) {
-                Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
-                Err(error @ webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => {
-                    last = Some(error);
-                }
-                Err(error) => return Err(bad_key(error)),
-            }
-        }
-        Err(last.map_or(
-            rustls::Error::InvalidCertificate(CertificateError::BadSignature),
-            bad_key,
-        ))
+        self.verify_signature(Handshake::Tls12, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -310,16 +284,81 @@ impl ServerCertVerifier for PartialVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if self.chain.is_some() {
-            return rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms);
-        }
-        let spki = public_key_of(cert)?;
-        rustls::crypto::verify_tls13_signature_with_raw_key(message, &spki, dss, &self.algorithms)
+        self.verify_signature(Handshake::Tls13, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// The handshake a signature belongs to: TLS 1.2 and 1.3 sign and verify differently.
+#[derive(Clone, Copy)]
+enum Handshake {
+    Tls12,
+    Tls13,
+}
+
+impl PartialVerification {
+    /// A handshake's signature: with a chain, as rustls checks it against the verified end
+    /// entity; without one, against the certificate's bare public key ([`public_key_of`]).
+    fn verify_signature(
+        &self,
+        handshake: Handshake,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.algorithms;
+        if self.chain.is_some() {
+            return match handshake {
+                Handshake::Tls12 => {
+                    rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+                }
+                Handshake::Tls13 => {
+                    rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+                }
+            };
+        }
+        let spki = public_key_of(cert)?;
+        match handshake {
+            Handshake::Tls12 => verify_tls12_with_raw_key(message, &spki, dss, algorithms),
+            Handshake::Tls13 => {
+                rustls::crypto::verify_tls13_signature_with_raw_key(message, &spki, dss, algorithms)
+            }
+        }
+    }
+}
+
+/// A TLS 1.2 handshake's signature against a bare public key, as rustls checks one against a
+/// certificate: each algorithm of the scheme, until one fits the key.
+fn verify_tls12_with_raw_key(
+    message: &[u8],
+    spki: &SubjectPublicKeyInfoDer<'_>,
+    dss: &DigitallySignedStruct,
+    algorithms: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let key = webpki::RawPublicKeyEntity::try_from(spki).map_err(bad_key)?;
+    let candidates = algorithms
+        .mapping
+        .iter()
+        .find(|(scheme, _)| *scheme == dss.scheme)
+        .map(|(_, algorithms)| *algorithms)
+        .ok_or(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
+    let mut last = None;
+    for algorithm in candidates {
+        match key.verify_signature(*algorithm, message, dss.signature()) {
+            Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+            Err(error @ webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => {
+                last = Some(error);
+            }
+            Err(error) => return Err(bad_key(error)),
+        }
+    }
+    Err(last.map_or(
+        rustls::Error::InvalidCertificate(CertificateError::BadSignature),
+        bad_key,
+    ))
 }
 
 /// The public key of a certificate, of any X.509 version. Where no certificate is checked

@@ -12,8 +12,8 @@ use common::bank::{Account, AccountError, Deposit, GetBalance, Withdraw};
 use common::{SlowReads, account, store};
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::{
-    CommandError, Disconnect, DurableEntity, DurableState, Error, MemoryStore, Ping,
-    RecoveryPolicy, Sharding, StateStore,
+    CommandError, ConflictPolicy, Disconnect, DurableEntity, DurableState, Error, MemoryStore,
+    Ping, RecoveryPolicy, Sharding, StateStore,
 };
 use futures_util::future::join_all;
 
@@ -83,7 +83,9 @@ async fn commands_during_recovery_wait(store: StateStore) {
 
 async fn two_writers_one_wins_the_other_reloads(store: StateStore) {
     let a = entity("split", store.clone());
-    let b = entity("split", store.clone());
+    let b = DurableEntity::new(Account { id: "split".into() }, store.clone())
+        .conflicts(ConflictPolicy::fail_fast())
+        .start();
     assert_eq!(balance(&a).await, (0, 0));
     assert_eq!(balance(&b).await, (0, 0));
     assert_eq!(a.send(Deposit(10)).await.unwrap().unwrap(), (10, 1));
@@ -106,6 +108,28 @@ async fn two_writers_one_wins_the_other_reloads(store: StateStore) {
             .unwrap()
             .balance,
         15
+    );
+}
+
+/// With the default policy, a command whose write conflicts is decided again on the stored
+/// state: the caller sees it applied on top of the other writer's state.
+async fn a_conflicting_command_is_decided_again_on_the_stored_state(store: StateStore) {
+    let a = entity("again", store.clone());
+    let b = entity("again", store.clone());
+    assert_eq!(balance(&a).await, (0, 0));
+    assert_eq!(balance(&b).await, (0, 0));
+    assert_eq!(a.send(Deposit(10)).await.unwrap().unwrap(), (10, 1));
+    // B still holds version 0: its first decision conflicts, the second builds on A's.
+    assert_eq!(b.send(Deposit(99)).await.unwrap().unwrap(), (109, 2));
+    assert_eq!(a.send(Deposit(1)).await.unwrap().unwrap(), (110, 3));
+    let stored = store.get("again".into()).await.unwrap().unwrap();
+    assert_eq!(stored.version_number, 3);
+    assert_eq!(
+        stored
+            .decode_state::<common::AccountState>()
+            .unwrap()
+            .balance,
+        110
     );
 }
 
@@ -137,6 +161,7 @@ on_both_backends!(
     rejections_and_queries_write_nothing,
     commands_during_recovery_wait,
     two_writers_one_wins_the_other_reloads,
+    a_conflicting_command_is_decided_again_on_the_stored_state,
     written_states_carry_timestamp_and_shard,
 );
 

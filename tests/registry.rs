@@ -23,7 +23,7 @@ use durablestore_postgres::{
 };
 use futures_util::future::join_all;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 // ---- a behavior with sync and async commands ----
 
@@ -68,7 +68,7 @@ fn appended(state: &LedgerState, value: i64, version: u64) -> Effect<LedgerState
     )
 }
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Reply")]
 struct Append(i64);
 
@@ -86,7 +86,7 @@ impl HandleCommand<Append> for Ledger {
 }
 
 /// Appends after waiting `delay`, as a decision that calls another service does.
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Reply")]
 struct AppendSlowly {
     value: i64,
@@ -119,29 +119,31 @@ impl HandleCommandAsync<AppendSlowly> for Ledger {
 
 /// Appends once the test opens the gate: a command held in flight for as long as the test
 /// needs.
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Reply")]
-struct AppendWhenOpened(i64, oneshot::Receiver<()>);
+struct AppendWhenOpened(i64, watch::Receiver<bool>);
 
 impl HandleCommandAsync<AppendWhenOpened> for Ledger {
     type Reply = (Vec<i64>, u64);
     type Error = String;
     fn handle_command_async(
         &mut self,
-        AppendWhenOpened(value, gate): AppendWhenOpened,
+        AppendWhenOpened(value, mut gate): AppendWhenOpened,
         state: &LedgerState,
         version: u64,
     ) -> impl Future<Output = Result<Effect<LedgerState, (Vec<i64>, u64)>, String>> + 'static {
         let state = state.clone();
         async move {
-            gate.await.map_err(|_| "the gate was dropped".to_owned())?;
+            gate.wait_for(|open| *open)
+                .await
+                .map_err(|_| "the gate was dropped".to_owned())?;
             Ok(appended(&state, value, version))
         }
     }
 }
 
 /// Deletes the ledger.
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Reply")]
 struct Close;
 
@@ -345,7 +347,7 @@ async fn a_burst_beyond_max_live_waits_for_room(store: StateStore) {
 
 async fn a_command_racing_a_passivation_goes_to_the_next_incarnation(store: StateStore) {
     let (registry, _) = ledgers(store, |b| b);
-    let (open, gate) = oneshot::channel();
+    let (open, gate) = watch::channel(false);
     let first = registry.send("race", AppendWhenOpened(1, gate));
     let second = registry.send("race", Append(2));
     assert!(registry.passivate("race"), "Passivate queues behind both");
@@ -360,7 +362,7 @@ async fn a_command_racing_a_passivation_goes_to_the_next_incarnation(store: Stat
     );
     let stats = registry.stats();
     assert_eq!((stats.live, stats.passivating), (0, 1));
-    open.send(()).unwrap();
+    open.send(true).unwrap();
 
     let replies = within("the racing commands", async {
         (first.await, second.await, third.await, fourth.await)
@@ -582,7 +584,7 @@ async fn a_slow_subscriber_does_not_hold_up_persistence(store: StateStore) {
 
 async fn stopping_finishes_in_flight_commands_then_refuses(store: StateStore) {
     let (registry, _) = ledgers(store.clone(), |b| b);
-    let (open, gate) = oneshot::channel();
+    let (open, gate) = watch::channel(false);
     let in_flight = registry.send("s", AppendWhenOpened(1, gate));
     let queued = registry.send("s", Append(2));
     registry.send("waits", Append(1)).await.unwrap();
@@ -598,7 +600,7 @@ async fn stopping_finishes_in_flight_commands_then_refuses(store: StateStore) {
         registry.state("other").await,
         Err(CommandError::RegistryStopped)
     ));
-    open.send(()).unwrap();
+    open.send(true).unwrap();
     within("the stop", stopped).await;
     assert_eq!(in_flight.await.unwrap(), (vec![1], 1));
     assert_eq!(queued.await.unwrap(), (vec![1, 2], 2));
@@ -723,4 +725,36 @@ async fn a_registry_needs_an_arbiter() {
     });
     let err = started.join().unwrap().unwrap_err();
     assert!(matches!(err, Error::NoRuntime), "{err:?}");
+}
+
+/// A registry whose arbiter is gone answers a definite `RegistryStopped` from the first
+/// command on: that command never reached an entity.
+#[actix::test]
+async fn a_command_after_the_arbiter_died_is_answered_registry_stopped() {
+    let store = StateStore::from(durablestore_postgres::MemoryStore::default().start());
+    let arbiter = Arbiter::new();
+    let registry = EntityRegistry::builder(store, |id: &str| Probe::default().ledger(id))
+        .arbiter(arbiter.handle())
+        .start()
+        .unwrap();
+    arbiter.stop();
+    tokio::task::spawn_blocking(move || arbiter.join())
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..2 {
+        assert!(matches!(
+            registry.send("late", Append(1)).await,
+            Err(CommandError::RegistryStopped)
+        ));
+    }
+}
+
+#[actix::test]
+async fn an_idle_timeout_of_zero_is_refused() {
+    let store = StateStore::from(durablestore_postgres::MemoryStore::default().start());
+    let refused = EntityRegistry::builder(store, |id: &str| Probe::default().ledger(id))
+        .idle_timeout(Some(Duration::ZERO))
+        .start();
+    assert!(matches!(refused, Err(Error::InvalidConfig(_))));
 }

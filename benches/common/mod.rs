@@ -140,7 +140,7 @@ impl DurableStateBehavior for Writer {
     }
 }
 
-#[derive(actix::Message)]
+#[derive(Clone, actix::Message)]
 #[rtype(result = "Result<u64, CommandError<()>>")]
 pub struct Bump;
 

@@ -15,7 +15,7 @@ use crate::behavior::{DurableStateBehavior, Effect, HandleCommand};
 /// # impl prost::Name for CounterState { const NAME: &'static str = "CounterState"; const PACKAGE: &'static str = "demo"; }
 /// # pub struct Counter;
 /// # impl DurableStateBehavior for Counter { type State = CounterState; fn persistence_id(&self) -> &str { "c" } }
-/// # #[derive(Message)] #[rtype(result = "Result<i64, CommandError<String>>")] pub struct Add(pub i64);
+/// # #[derive(Clone, Message)] #[rtype(result = "Result<i64, CommandError<String>>")] pub struct Add(pub i64);
 /// # impl HandleCommand<Add> for Counter {
 /// #     type Reply = i64; type Error = String;
 /// #     fn handle_command(&mut self, Add(n): Add, s: &CounterState, _: u64) -> Result<Effect<CounterState, i64>, String> {

@@ -128,7 +128,7 @@ impl<M: prost::Message + prost::Name + Default> EntityState for M {
 /// }
 ///
 /// /// Add `0` to the counter; replies with the new value.
-/// #[derive(Message)]
+/// #[derive(Clone, Message)]
 /// #[rtype(result = "Result<i64, CommandError<String>>")]
 /// pub struct Add(pub i64);
 ///
@@ -155,7 +155,8 @@ pub trait DurableStateBehavior: Unpin + 'static {
     /// name (see [`EntityState`]).
     type State: EntityState + Default + Clone + PartialEq + std::fmt::Debug + Unpin + 'static;
 
-    /// The entity's id, its primary key in the store (1 to 255 bytes, no NUL).
+    /// The entity's id, its primary key in the store (1 to 255 characters, as the
+    /// `VARCHAR(255)` column counts them; no NUL).
     fn persistence_id(&self) -> &str;
 
     /// The state of an entity that has never been persisted, at version 0.
@@ -168,8 +169,10 @@ pub trait DurableStateBehavior: Unpin + 'static {
 
 /// How a [`DurableStateBehavior`] decides on the command `C`.
 ///
-/// `C` must be an actix message replying `Result<Self::Reply, CommandError<Self::Error>>`. A
-/// decision that must wait (for another service) implements [`HandleCommandAsync`] instead.
+/// `C` must be an actix message replying `Result<Self::Reply, CommandError<Self::Error>>`, and
+/// `Clone`: a decision whose write conflicts is made again on the reloaded state, from a clone
+/// of the command (see [`ConflictPolicy`](crate::ConflictPolicy)). A decision that must wait
+/// (for another service) implements [`HandleCommandAsync`] instead.
 pub trait HandleCommand<C>: DurableStateBehavior {
     /// What a successful command replies.
     type Reply;
@@ -180,6 +183,13 @@ pub trait HandleCommand<C>: DurableStateBehavior {
     /// persisted state) what happens: a new state to persist and the reply, only a reply, or
     /// a domain error. Called with no command in flight; the state passed is always the last
     /// persisted one.
+    ///
+    /// **A decision may run more than once.** When its write conflicts (another replica wrote
+    /// this entity first), the entity reloads the stored state and decides the same command
+    /// (a clone of it) again, as its [`ConflictPolicy`](crate::ConflictPolicy) allows. So a
+    /// decision must have no effect outside the [`Effect`] it returns: send emails, charge
+    /// cards or publish events from what the command's reply or a
+    /// [`StateChanged`](crate::StateChanged) tells once it is stored, never from here.
     fn handle_command(
         &mut self,
         command: C,
@@ -195,6 +205,11 @@ pub trait HandleCommand<C>: DurableStateBehavior {
 /// looked at until this decision has finished and its effect is persisted (the whole of it runs
 /// inside actix's [`AtomicResponse`](actix::AtomicResponse)). So a slow decision holds up the
 /// entity's later commands, not other entities.
+///
+/// Like a synchronous decision, an asynchronous one may run more than once (after a conflict,
+/// on the reloaded state): what it asks of other services must be safe to ask again (a
+/// read, a check, another entity's answer to an idempotent query), and it must change nothing
+/// outside the [`Effect`] it returns.
 ///
 /// The decision is a `'static` future: it cannot borrow `self` or `state` across an `.await`.
 /// Take what it needs (a client handle, the fields of the state it reads) before the `async`
@@ -241,7 +256,7 @@ pub trait HandleCommand<C>: DurableStateBehavior {
 ///     }
 /// }
 ///
-/// #[derive(Message)]
+/// #[derive(Clone, Message)]
 /// #[rtype(result = "Result<i64, CommandError<String>>")]
 /// pub struct Withdraw(pub i64);
 ///
@@ -349,23 +364,32 @@ impl<S, R> Effect<S, R> {
     }
 }
 
-/// Why a command to a durable entity failed. In every case the entity's state is the last
-/// persisted one, and nothing of this command was written.
+/// Why a command to a durable entity failed. The entity's state is the last persisted one in
+/// every case; whether anything of this command was written depends on the variant, as each
+/// says.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError<E> {
-    /// The behavior rejected the command with its domain error.
+    /// The behavior rejected the command with its domain error. Nothing was written.
     #[error("command rejected: {0}")]
     Rejected(E),
-    /// Another writer (the same entity running elsewhere) changed the stored state first. The
-    /// entity has reloaded the stored state; the command may be sent again.
+    /// Another writer (the same entity live elsewhere: another replica, or an incarnation that
+    /// has not stopped yet) changed the stored state first, every time the command was
+    /// decided: the entity decided it again on the stored state as often as its
+    /// [`ConflictPolicy`](crate::ConflictPolicy) allows. Nothing of this command was written;
+    /// the entity has reloaded the stored state, and the command may be sent again.
     #[error("{0}; the entity reloaded the stored state")]
     Conflict(Error),
     /// Persisting the new state failed (database down, timeout, a state that cannot be
-    /// encoded...).
+    /// encoded...). Nothing was written unless [`Error::outcome_unknown`] says the outcome is
+    /// unknown (a timeout, a connection lost mid-statement, a store that stopped with the write
+    /// in flight): then the write may have been applied, and the entity reads its state again
+    /// before its next command.
     #[error("persisting the new state failed: {0}")]
     Store(Error),
-    /// The entity could not load its state from the store, so it did not handle the command.
+    /// The entity could not load its state from the store, so it did not handle the command:
+    /// nothing was written. Also the answer for an id the store would refuse
+    /// ([`Error::InvalidInput`]), without starting an actor.
     #[error("the entity could not recover its state: {0}")]
     Recovery(Error),
     /// The [`EntityRegistry`](crate::EntityRegistry) was stopped (or its arbiter is gone)

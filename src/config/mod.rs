@@ -2,62 +2,28 @@
 //!
 //! A [`Config`] is plain data: its setters never fail, and it is checked once, when a store is
 //! built ([`checked`]), so that one error lists every problem. Connection strings are parsed
-//! in [`conn_string`]; every default is in [`defaults`]; the TLS settings are in [`tls`].
+//! in [`conn_string`]; every default is in [`defaults`]; the TLS settings are in [`tls`]; the
+//! version rule and the Citus setting are [`version_check`] and [`distribution`]; `Debug`
+//! without secrets is [`debug`].
 
 mod checked;
 mod conn_string;
+mod debug;
 mod defaults;
+mod distribution;
 mod feed;
 mod tls;
+mod version_check;
 
-use std::fmt;
 use std::time::Duration;
 
-use tokio_postgres::config::Host;
-
 pub(crate) use self::checked::{Checked, PoolOwner};
+pub use self::distribution::Distribution;
 pub(crate) use self::tls::{ClientPem, Roots};
+pub use self::version_check::VersionCheck;
 use crate::error::Error;
 use crate::state::RowFormat;
 use crate::tls::SslMode;
-
-/// How `WriteState` treats the version already stored for an entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum VersionCheck {
-    /// A write of version *v* succeeds only when no row exists and *v* = 1, or when the stored
-    /// version is *v − 1*. Re-sending exactly what is stored is a no-op success. Anything else
-    /// is [`Error::VersionConflict`] and writes nothing. This is the default.
-    #[default]
-    Sequential,
-    /// Last writer wins, as in eGo's Go store: every write overwrites the row, whatever its
-    /// version. **Risk:** two writers of one entity (a split brain, a retried stale command)
-    /// silently overwrite each other, and a version can go backwards. Use only while migrating
-    /// from a store that behaved this way.
-    Unchecked,
-}
-
-/// Whether the table is a Citus distributed table, which decides the statements that
-/// group-committed writes are sent as (see [`Config::distribution`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Distribution {
-    /// Asks the server once, on the store's first batch: Citus when the `citus` extension is
-    /// installed in the database (`pg_extension`), a single server otherwise. This is the
-    /// default.
-    #[default]
-    Detect,
-    /// One PostgreSQL server (or a primary with replicas): a batch of writes is one statement
-    /// over arrays (`UNNEST`), planned once per connection.
-    SingleServer,
-    /// A Citus cluster with the table distributed by `persistence_id`: a batch of writes is
-    /// one multi-row `INSERT … VALUES … ON CONFLICT`, which Citus splits by shard and runs on
-    /// the workers in parallel, and a batch of reads is one single-shard read per shard (see
-    /// the README's Citus section). It is correct on a single server too, but slower there: in
-    /// `examples/perf.rs` about a third fewer writes per second than the array form. For a
-    /// table the coordinator keeps local, set [`Distribution::SingleServer`].
-    Citus,
-}
 
 /// Settings of a [`DurableStoreActor`](crate::DurableStoreActor): where the database is, how
 /// the pool behaves, and which table holds the states.
@@ -443,54 +409,5 @@ impl Config {
     /// Whether the table is taken to be distributed by Citus.
     pub fn get_distribution(&self) -> Distribution {
         self.distribution
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hosts: Vec<String> = self
-            .pg
-            .get_hosts()
-            .iter()
-            .map(|h| match h {
-                Host::Tcp(name) => name.clone(),
-                #[cfg(unix)]
-                Host::Unix(path) => path.display().to_string(),
-            })
-            .collect();
-        let roots = match self.ssl_roots {
-            Roots::None => "none",
-            Roots::Pem(_) => "pem",
-            Roots::System => "system",
-        };
-        f.debug_struct("Config")
-            .field("hosts", &hosts)
-            .field("ports", &self.pg.get_ports())
-            .field("database", &self.pg.get_dbname())
-            .field("user", &self.pg.get_user())
-            .field("password", &self.pg.get_password().map(|_| "<redacted>"))
-            .field("ssl_mode", &self.ssl_mode)
-            .field("ssl_roots", &roots)
-            .field("ssl_client_cert", &self.ssl_client_pem.is_some())
-            .field("application_name", &self.pg.get_application_name())
-            .field("schema", &self.schema)
-            .field("table", &self.table)
-            .field("max_connections", &self.max_connections)
-            .field("min_idle_connections", &self.min_idle_connections)
-            .field("max_connection_lifetime", &self.max_connection_lifetime)
-            .field("max_connection_idle_time", &self.max_connection_idle_time)
-            .field("health_check_period", &self.health_check_period)
-            .field("checkout_timeout", &self.checkout_timeout)
-            .field("version_check", &self.version_check)
-            .field("max_batch_size", &self.max_batch_size)
-            .field("max_pending_requests", &self.max_pending_requests)
-            .field("statement_timeout", &self.statement_timeout)
-            .field("transaction_pooling", &self.transaction_pooling)
-            .field("distribution", &self.distribution)
-            .field("max_state_bytes", &self.max_state_bytes)
-            .field("row_format", &self.row_format)
-            .field("change_feed", &self.change_feed)
-            .field("change_poll_interval", &self.change_poll_interval)
-            .finish()
     }
 }

@@ -1,26 +1,24 @@
 //! The actor that runs a [`DurableStateBehavior`]: recovery, persistence, conflicts.
 
+mod persist;
 mod policy;
+mod recovery;
 mod state_store;
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use actix::fut::{self, ActorFutureExt, WrapFuture};
-use actix::{
-    Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message, ResponseActFuture,
-};
+use actix::fut::ActorFutureExt;
+use actix::{Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message};
 
-use crate::behavior::{
-    CommandError, DurableStateBehavior, Effect, EntityState, HandleCommandAsync,
-};
+use self::recovery::recover_with_retries;
+use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
 use crate::error::Error;
-use crate::messages::{Revision, WriteOutcome};
-use crate::registry::publish::Publish;
-use crate::state::DurableState;
+use crate::publish::Publish;
 
-pub use self::policy::{RecoveryPolicy, Sharding};
+pub use self::policy::{ConflictPolicy, RecoveryPolicy, Sharding};
 pub use self::state_store::StateStore;
 
 /// An actix actor running a [`DurableStateBehavior`].
@@ -29,17 +27,20 @@ pub use self::state_store::StateStore;
 ///   [`RecoveryPolicy`]); commands that arrive meanwhile wait in the mailbox.
 /// - **One command at a time.** Each command is decided, persisted and answered before the next
 ///   one is looked at (actix's [`AtomicResponse`]), so versions can't be reordered.
-/// - **Persist, then reply.** [`Effect::Persist`] writes version + 1 (with the current Unix-ms
+/// - **Persist, then reply.** [`Effect::Persist`](crate::Effect::Persist) writes version + 1 (with the current Unix-ms
 ///   timestamp and the shard from [`Sharding`]) and replies `Ok` only once the store stored
-///   exactly this command's state ([`WriteOutcome::Written`]). If the write fails, the reply is
+///   exactly this command's state ([`WriteOutcome::Written`](crate::WriteOutcome::Written)). If the write fails, the reply is
 ///   the error and the state stays the last persisted one; when the failure leaves the outcome
 ///   unknown ([`Error::outcome_unknown`]: a timeout, a lost connection, a stopped store), the
 ///   entity reads its state again before the next command.
 /// - **Conflicts.** If the store reports a version conflict, or that the very same state is
 ///   already stored (another live actor of this id computed it: the entity never sends a state
-///   twice), the entity reloads the stored state and the command fails with
-///   [`CommandError::Conflict`]; nothing of this command was applied, and it never overwrites
-///   the other writer.
+///   twice), nothing of this decision was written and it never overwrote the other writer.
+///   The entity then reads the stored state and decides the same command again on it (the
+///   command is `Clone`), after a short jittered pause, as its [`ConflictPolicy`] allows (10
+///   decisions by default); only when they all conflict does the command fail with
+///   [`CommandError::Conflict`], the stored state reloaded. So a decision may run more than
+///   once: it must have no effect outside the [`Effect`](crate::Effect) it returns.
 /// - **Exactly once, within limits.** A command acknowledged `Ok` was applied once. A command
 ///   answered with an error whose outcome is unknown may have been applied: a caller that
 ///   retries it must make it idempotent itself (e.g. carry a command id in the state and have
@@ -63,6 +64,7 @@ pub struct DurableEntity<B: DurableStateBehavior> {
     store: StateStore,
     sharding: Sharding,
     recovery: RecoveryPolicy,
+    conflicts: ConflictPolicy,
     /// The last persisted state and its version; `None` until recovery succeeded.
     current: Option<(B::State, u64)>,
     /// Who hears of each persisted state (set by an [`EntityRegistry`](crate::EntityRegistry)).
@@ -70,6 +72,11 @@ pub struct DurableEntity<B: DurableStateBehavior> {
     /// Run when the actor is dropped, stopped or never started: how a registry learns that this
     /// incarnation is gone and the next may start.
     on_drop: Option<OnDrop>,
+    /// Messages routed to this incarnation by a registry and not yet answered: decremented as
+    /// each is done, so the registry knows which entities it can stop without waiting.
+    busy: Option<Arc<AtomicUsize>>,
+    /// Where a registry counts the decisions made again after a conflict.
+    conflict_retries: Option<Arc<AtomicU64>>,
 }
 
 /// A callback run once, when dropped.
@@ -107,9 +114,32 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             store: store.into(),
             sharding: Sharding::default(),
             recovery: RecoveryPolicy::default(),
+            conflicts: ConflictPolicy::default(),
             current: None,
             subscribers: None,
             on_drop: None,
+            busy: None,
+            conflict_retries: None,
+        }
+    }
+
+    /// Counts, in `busy`, the messages a registry routed to this incarnation and it has not
+    /// answered yet; in `conflict_retries`, the decisions it made again after a conflict.
+    pub(crate) fn tracked(
+        mut self,
+        busy: Arc<AtomicUsize>,
+        conflict_retries: Arc<AtomicU64>,
+    ) -> Self {
+        self.busy = Some(busy);
+        self.conflict_retries = Some(conflict_retries);
+        self
+    }
+
+    /// One routed message is answered.
+    fn done(&self) {
+        if let Some(busy) = &self.busy {
+            // Never below zero, whatever was routed.
+            let _ = busy.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
     }
 
@@ -143,165 +173,19 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         self
     }
 
+    /// How a command whose write conflicted is decided again.
+    ///
+    /// Defaults to [`ConflictPolicy::default`]: up to 10 decisions per command.
+    #[must_use]
+    pub fn conflicts(mut self, policy: ConflictPolicy) -> Self {
+        self.conflicts = policy.at_least_one_decision();
+        self
+    }
+
     /// The behavior, e.g. to read its non-durable fields in tests.
     pub fn behavior(&self) -> &B {
         &self.behavior
     }
-
-    /// Reads and decodes the stored state: the initial state at version 0 when there is none,
-    /// and at the tombstone's version when the entity was deleted.
-    fn load(&self) -> impl std::future::Future<Output = Result<(B::State, u64), Error>> + 'static {
-        let store = self.store.clone();
-        let id = self.behavior.persistence_id().to_owned();
-        let initial = self.behavior.initial_state();
-        async move { current::<B>(store.revision(id).await?, || initial) }
-    }
-
-    /// Makes sure the entity has its state, trying once to load it if not.
-    fn ensure_recovered(&mut self) -> ResponseActFuture<Self, Result<(), Error>> {
-        if self.current.is_some() {
-            return Box::pin(fut::ready(Ok(())));
-        }
-        Box::pin(
-            self.load()
-                .into_actor(self)
-                .map(|loaded, entity, _| loaded.map(|current| entity.current = Some(current))),
-        )
-    }
-
-    /// Runs the behavior on `command` against the recovered state, then persists its effect.
-    fn decide<C>(
-        &mut self,
-        command: C,
-    ) -> ResponseActFuture<Self, Result<B::Reply, CommandError<B::Error>>>
-    where
-        B: HandleCommandAsync<C>,
-    {
-        let Some((state, version)) = &self.current else {
-            return Box::pin(fut::ready(Err(CommandError::Recovery(Error::NotConnected))));
-        };
-        let version = *version;
-        let decision = self.behavior.handle_command_async(command, state, version);
-        Box::pin(
-            decision
-                .into_actor(self)
-                .then(move |decided, entity, _| entity.persist(decided, version)),
-        )
-    }
-
-    /// Persists what the behavior decided on top of `version` and answers the command.
-    fn persist<R: 'static, E: 'static>(
-        &mut self,
-        decided: Result<Effect<B::State, R>, E>,
-        version: u64,
-    ) -> ResponseActFuture<Self, Result<R, CommandError<E>>> {
-        let id = self.behavior.persistence_id().to_owned();
-        let next = version + 1;
-        let (new_state, change, reply) = match decided {
-            Err(rejection) => return Box::pin(fut::ready(Err(CommandError::Rejected(rejection)))),
-            Ok(Effect::None { reply }) => return Box::pin(fut::ready(Ok(reply))),
-            Ok(Effect::Persist { state, reply }) => match state.to_durable_state(&id, next) {
-                Ok(durable) => {
-                    let durable = durable.with_shard(self.sharding.shard_of(&id));
-                    (Some(state), Change::Write(durable), reply)
-                }
-                // Nothing was written: the state stays the last persisted one.
-                Err(error) => return Box::pin(fut::ready(Err(CommandError::Store(error)))),
-            },
-            Ok(Effect::Delete { reply }) => (None, Change::Delete, reply),
-        };
-        let store = self.store.clone();
-        let write = async move {
-            let stored = match change {
-                Change::Write(durable) => store.write(durable).await,
-                Change::Delete => store.delete(id.clone(), next).await,
-            };
-            let conflict = match stored {
-                Ok(WriteOutcome::Written) => return Ok(()),
-                // This entity never sends a change twice, so a stored identical state (or
-                // tombstone) was stored by someone else (another live actor of this id made
-                // the same change): this command was not applied.
-                Ok(WriteOutcome::AlreadyStored) => None,
-                Err(conflict @ Error::VersionConflict { .. }) => Some(conflict),
-                Err(error) => return Err(Failure::Store(error)),
-            };
-            // Someone else owns the newer state: take it, don't fight it.
-            let reloaded = store.revision(id.clone()).await;
-            let conflict = conflict.unwrap_or_else(|| Error::VersionConflict {
-                persistence_id: id,
-                attempted: next,
-                stored: match &reloaded {
-                    Ok(revision) => revision.version,
-                    Err(_) => next,
-                },
-            });
-            Err(Failure::Conflict(conflict, reloaded))
-        };
-        Box::pin(
-            write
-                .into_actor(self)
-                .map(move |written, entity, _| match written {
-                    Ok(()) => {
-                        if let Some(subscribers) = &entity.subscribers {
-                            subscribers.publish(
-                                entity.behavior.persistence_id(),
-                                next,
-                                new_state.as_ref(),
-                            );
-                        }
-                        // A deleted entity goes on from its initial state.
-                        let state = new_state.unwrap_or_else(|| entity.behavior.initial_state());
-                        entity.current = Some((state, next));
-                        Ok(reply)
-                    }
-                    Err(Failure::Conflict(conflict, reloaded)) => {
-                        // A row that could not be read is recovered again before the next
-                        // command rather than guessed.
-                        let behavior = &entity.behavior;
-                        entity.current = reloaded
-                            .and_then(|revision| {
-                                current::<B>(revision, || behavior.initial_state())
-                            })
-                            .ok();
-                        Err(CommandError::Conflict(conflict))
-                    }
-                    Err(Failure::Store(error)) => {
-                        if error.outcome_unknown() {
-                            // The write may have been applied: the state in memory may be
-                            // stale, so it is read again before the next command.
-                            entity.current = None;
-                        }
-                        Err(CommandError::Store(error))
-                    }
-                }),
-        )
-    }
-}
-
-/// The state and version an entity goes on from, given what is stored.
-fn current<B: DurableStateBehavior>(
-    revision: Revision,
-    initial: impl FnOnce() -> B::State,
-) -> Result<(B::State, u64), Error> {
-    let state = match &revision.state {
-        Some(stored) => B::State::from_durable_state(stored)?,
-        None => initial(),
-    };
-    Ok((state, revision.version))
-}
-
-/// What a command changes in the store.
-enum Change {
-    Write(DurableState),
-    Delete,
-}
-
-/// Why persisting a command's state failed.
-enum Failure {
-    /// Another writer got there first; what is stored now, as reloaded.
-    Conflict(Error, Result<Revision, Error>),
-    /// The store failed; [`Error::outcome_unknown`] says whether the write may have landed.
-    Store(Error),
 }
 
 impl<B: DurableStateBehavior> Actor for DurableEntity<B> {
@@ -314,64 +198,18 @@ impl<B: DurableStateBehavior> Actor for DurableEntity<B> {
     }
 }
 
-/// Loads the state (try number `tried`), retrying transient failures with backoff up to
-/// the entity's [`RecoveryPolicy`]; stores the state on success.
-fn recover_with_retries<B: DurableStateBehavior>(
-    entity: &DurableEntity<B>,
-    tried: u32,
-) -> ResponseActFuture<DurableEntity<B>, ()> {
-    Box::pin(
-        entity
-            .load()
-            .into_actor(entity)
-            .then(move |loaded, entity, _ctx| {
-                let policy = &entity.recovery;
-                match loaded {
-                    Ok(current) => {
-                        entity.current = Some(current);
-                        Box::pin(fut::ready(())) as ResponseActFuture<DurableEntity<B>, ()>
-                    }
-                    Err(error) if error.is_transient() && tried < policy.attempts => {
-                        let backoff = policy.backoff(tried, fastrand::f64());
-                        tracing::warn!(
-                            persistence_id = entity.behavior.persistence_id(),
-                            %error,
-                            attempt = tried,
-                            ?backoff,
-                            "durable entity recovery failed; retrying"
-                        );
-                        Box::pin(
-                            tokio::time::sleep(backoff)
-                                .into_actor(entity)
-                                .then(move |(), entity, _| recover_with_retries(entity, tried + 1)),
-                        )
-                    }
-                    Err(error) => {
-                        tracing::error!(
-                            persistence_id = entity.behavior.persistence_id(),
-                            %error,
-                            attempts = tried,
-                            "durable entity could not recover its state; commands will retry it"
-                        );
-                        Box::pin(fut::ready(()))
-                    }
-                }
-            }),
-    )
-}
-
 impl<B, C> Handler<C> for DurableEntity<B>
 where
     B: HandleCommandAsync<C>,
-    C: Message<Result = Result<B::Reply, CommandError<B::Error>>> + 'static,
+    C: Message<Result = Result<B::Reply, CommandError<B::Error>>> + Clone + 'static,
 {
     type Result = AtomicResponse<Self, Result<B::Reply, CommandError<B::Error>>>;
 
     fn handle(&mut self, command: C, _ctx: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(Box::pin(self.ensure_recovered().then(
-            move |recovered, entity, _ctx| match recovered {
-                Ok(()) => entity.decide(command),
-                Err(error) => Box::pin(fut::ready(Err(CommandError::Recovery(error)))),
+        AtomicResponse::new(Box::pin(self.run_command(command, 1).map(
+            |answer, entity, _ctx| {
+                entity.done();
+                answer
             },
         )))
     }
@@ -451,6 +289,7 @@ impl<B: DurableStateBehavior> Handler<GetState<B::State>> for DurableEntity<B> {
     fn handle(&mut self, _: GetState<B::State>, _ctx: &mut Self::Context) -> Self::Result {
         AtomicResponse::new(Box::pin(self.ensure_recovered().map(
             |recovered, entity, _ctx| {
+                entity.done();
                 recovered?;
                 entity.current.clone().ok_or(Error::NotConnected)
             },

@@ -9,6 +9,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 // tokio's `net` feature comes with tokio-postgres's default `runtime` feature, which the pool's
@@ -20,6 +21,10 @@ use tokio_postgres::{CancelToken, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::tls::PoolTls;
+
+/// How long the client waits beyond the statement timeout for the server to cancel a statement
+/// before it gives up on the connection itself.
+pub(super) const CLIENT_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Where and how the connections of an owned pool send cancel requests.
 #[derive(Clone)]

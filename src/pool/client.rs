@@ -1,15 +1,17 @@
 //! A checked-out connection, and how the store's statements run on it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row, Statement};
+use tokio_postgres::{Client, Row};
 
+use super::cancel::CLIENT_TIMEOUT_GRACE;
 use super::conn::Conn;
+use super::prepared::Prepared;
 use crate::error::Error;
 use crate::sql::{Sql, Stmt};
 
@@ -59,10 +61,6 @@ pub(crate) struct PooledClient {
     abandoned: AtomicBool,
 }
 
-/// How long the client waits beyond the statement timeout for the server to cancel a statement
-/// before it gives up on the connection itself.
-pub(super) const CLIENT_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
-
 impl PooledClient {
     pub(super) fn new(conn: Box<dyn Conn>, sending: Sending) -> Self {
         PooledClient {
@@ -86,6 +84,11 @@ impl PooledClient {
         work: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, Error> {
         let conn = self.conn()?;
+        // A statement given up on may still be running: nothing more is sent on this
+        // connection, which the pool then discards.
+        if let Some(error) = self.abandoned_error() {
+            return Err(error);
+        }
         let result = match self.sending.statement_timeout {
             None => work.await,
             Some(timeout) => {
@@ -109,6 +112,17 @@ impl PooledClient {
                 (Some(&SqlState::QUERY_CANCELED), Some(timeout)) => Error::Timeout { timeout },
                 _ => Error::database(error),
             }
+        })
+    }
+
+    /// The error a statement on this connection gets once the client gave up on an earlier one
+    /// (a client-side timeout): [`Error::Timeout`]; `None` while the connection is usable.
+    pub(crate) fn abandoned_error(&self) -> Option<Error> {
+        if !self.abandoned.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Error::Timeout {
+            timeout: self.sending.statement_timeout.unwrap_or(Duration::ZERO),
         })
     }
 
@@ -306,32 +320,46 @@ fn needs_transaction_pooling(error: Error) -> Error {
          set Config::transaction_pooling(true)"
     ))
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The statements prepared on one connection, by [`Stmt`].
-#[derive(Default)]
-pub(super) struct Prepared {
-    statements: Mutex<[Option<Statement>; Stmt::COUNT]>,
-}
+    /// A plain connection, with no pool behind it.
+    struct Plain(Client);
 
-impl Prepared {
-    pub(super) fn get(&self, which: Stmt) -> Option<Statement> {
-        // A poisoned lock only means a thread panicked while assigning an Option: still valid.
-        self.statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())[which as usize]
-            .clone()
+    impl Conn for Plain {
+        fn client(&self) -> &Client {
+            &self.0
+        }
+        fn prepared(&self) -> Option<&Prepared> {
+            None
+        }
+        fn mark_broken(&self) {}
+        fn abandon(self: Box<Self>) {}
     }
 
-    pub(super) fn set(&self, which: Stmt, statement: Statement) {
-        self.statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())[which as usize] = Some(statement);
-    }
-
-    pub(super) fn clear(&self) {
-        *self
-            .statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Default::default();
+    /// After the client gave up on a statement (the server did not cancel it in time: here it
+    /// has no server-side timeout at all), the connection runs nothing more, not even a quick
+    /// follow-up read.
+    #[tokio::test]
+    async fn a_connection_given_up_on_runs_nothing_more() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let timeout = Duration::from_millis(50);
+        let pooled =
+            PooledClient::new(Box::new(Plain(client)), Sending::per_session(Some(timeout)));
+        assert!(matches!(
+            pooled.query_text("SELECT pg_sleep(5)", &[]).await,
+            Err(Error::Timeout { .. })
+        ));
+        assert!(matches!(
+            pooled.query_text("SELECT 1", &[]).await,
+            Err(Error::Timeout { .. })
+        ));
+        assert!(pooled.abandoned_error().is_some());
     }
 }

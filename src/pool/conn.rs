@@ -9,8 +9,8 @@ use bb8::{ManageConnection, PooledConnection, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::Client;
 
-use super::cancel::Canceller;
-use super::client::{CLIENT_TIMEOUT_GRACE, Prepared};
+use super::cancel::{CLIENT_TIMEOUT_GRACE, Canceller};
+use super::prepared::Prepared;
 use crate::tls::PoolTls;
 
 /// What the store needs of a pooled connection, whatever pool it came from.

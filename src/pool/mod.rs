@@ -6,12 +6,14 @@
 //!   behind a transaction-mode pooler);
 //! - [`cancel`]: cancel requests that a pooler in between forwards;
 //! - [`conn`]: what the store needs of a connection, for owned and borrowed pools alike;
-//! - [`connect_errors`]: why connecting fails, kept from bb8's error sink.
+//! - [`connect_errors`]: why connecting fails, kept from bb8's error sink;
+//! - [`prepared`]: the statements prepared on one connection.
 
 mod cancel;
 mod client;
 mod conn;
 mod connect_errors;
+mod prepared;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,13 +8,13 @@
 //! is passivating with the commands that wait for its successor, or the commands that wait for
 //! room under `max_live` before the entity starts.
 
-pub(crate) mod publish;
 mod shared;
 mod table;
 
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,9 +23,9 @@ use tokio::sync::Notify;
 
 use self::shared::{Shared, sweep_idle};
 use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
-use crate::entity::{GetState, RecoveryPolicy, Sharding, StateStore};
+use crate::entity::{ConflictPolicy, GetState, RecoveryPolicy, Sharding, StateStore};
 use crate::error::Error;
-use crate::registry::publish::{StateChanged, Subscribers};
+use crate::publish::{StateChanged, Subscribers};
 use crate::registry::table::Table;
 
 /// How a registry makes a behavior for an id.
@@ -42,23 +42,31 @@ type Factory<B> = dyn Fn(&str) -> B + Send + Sync;
 /// - **One live actor per id.** At most one actor of an id is alive in a registry at any time:
 ///   a new one starts only once the previous one has stopped (its in-flight commands answered).
 ///   Two registries, or two processes, over one table are still kept apart by the store's
-///   version check, as for any two writers.
+///   version check, as for any two writers, and a decision whose write lost to the other
+///   writer is made again on the stored state ([`RegistryBuilder::conflicts`]).
 /// - **Mailbox order.** Commands to one id are handled one at a time, in the order `send` was
 ///   called: `send` puts the command into the entity's mailbox before it returns, so the
 ///   returned future only waits for the reply (like [`Addr::send`](actix::Addr::send)).
 /// - **Passivation.** An entity no command was sent to for [`idle_timeout`] (default 2 minutes)
 ///   is stopped, and so is the least recently used one when another must start and
-///   [`max_live`] actors (default 100,000) are alive: never more than that. Passivating lets
+///   [`max_live`] actors (default 100,000) are alive: never more than that, but for
+///   activations admitted beyond it after [`RegistryBuilder::max_activation_wait`] (counted in
+///   [`RegistryStats::over_limit`]). Passivating lets
 ///   the entity finish the commands already in its mailbox; a command sent meanwhile waits and
 ///   is delivered to the next incarnation, which recovers the state from the store: never
 ///   dropped, never answered twice.
 /// - **Recovery at scale.** Entities recover through the store's batched reads, so 10,000
 ///   activations at once cost a few dozen statements.
 /// - **Errors** arrive as the command's own [`CommandError`]: a stopped registry answers
-///   [`CommandError::RegistryStopped`] (nothing applied); an entity whose actor died while
-///   holding the command (its arbiter stopped) answers `CommandError::Store(Error::Interrupted)`
-///   (outcome unknown); an id the store would refuse answers `CommandError::Recovery` with
+///   [`CommandError::RegistryStopped`] (nothing applied), as does one whose arbiter is gone
+///   before the command reached an entity; an entity whose actor died while holding the
+///   command (its arbiter stopped) answers `CommandError::Store(Error::Interrupted)` (outcome
+///   unknown); an id the store would refuse answers `CommandError::Recovery` with
 ///   [`Error::InvalidInput`], without starting an actor.
+/// - **Entities asking entities.** A decision may send to another entity of the same registry:
+///   room under `max_live` is made from idle entities first, and an activation that finds no
+///   room within [`RegistryBuilder::max_activation_wait`] starts beyond `max_live` rather than
+///   wait for a busy entity that may be waiting for it.
 ///
 /// ```no_run
 /// # use actix::Message;
@@ -67,7 +75,7 @@ type Factory<B> = dyn Fn(&str) -> B + Send + Sync;
 /// # impl prost::Name for S { const NAME: &'static str = "S"; const PACKAGE: &'static str = "p"; }
 /// # pub struct Counter { id: String }
 /// # impl DurableStateBehavior for Counter { type State = S; fn persistence_id(&self) -> &str { &self.id } }
-/// # #[derive(Message)] #[rtype(result = "Result<i64, CommandError<String>>")] pub struct Add(pub i64);
+/// # #[derive(Clone, Message)] #[rtype(result = "Result<i64, CommandError<String>>")] pub struct Add(pub i64);
 /// # impl HandleCommand<Add> for Counter { type Reply = i64; type Error = String;
 /// #   fn handle_command(&mut self, Add(n): Add, s: &S, _: u64) -> Result<Effect<S, i64>, String> {
 /// #     Ok(Effect::persist(S { n: s.n + n }, s.n + n)) } }
@@ -124,7 +132,7 @@ pub struct RegistryStats {
     /// Ids with commands waiting for room under `max_live` before their entity starts.
     pub waiting: usize,
     /// The most entity actors alive at once, live and passivating together: at most
-    /// `max_live`.
+    /// `max_live` while [`RegistryStats::over_limit`] is 0.
     pub peak_actors: usize,
     /// Entity actors started (first use, or use after passivation).
     pub activations: u64,
@@ -133,6 +141,13 @@ pub struct RegistryStats {
     pub passivations: u64,
     /// [`StateChanged`] events not delivered because a subscriber's mailbox was full.
     pub state_changes_dropped: u64,
+    /// Activations admitted beyond `max_live` because no room was made within
+    /// [`max_activation_wait`](RegistryBuilder::max_activation_wait) (every live entity had a
+    /// command in flight, e.g. one waiting for the answer of the entity being activated).
+    pub over_limit: u64,
+    /// Decisions made again on the reloaded state after a write conflicted (see
+    /// [`ConflictPolicy`]).
+    pub conflict_retries: u64,
 }
 
 /// Settings of an [`EntityRegistry`], consumed by [`RegistryBuilder::start`].
@@ -141,8 +156,10 @@ pub struct RegistryBuilder<B: DurableStateBehavior> {
     factory: Box<Factory<B>>,
     sharding: Sharding,
     recovery: RecoveryPolicy,
+    conflicts: ConflictPolicy,
     idle_timeout: Option<Duration>,
     max_live: usize,
+    max_activation_wait: Duration,
     arbiter: Option<ArbiterHandle>,
 }
 
@@ -152,6 +169,7 @@ impl<B: DurableStateBehavior> fmt::Debug for RegistryBuilder<B> {
             .field("store", &self.store)
             .field("sharding", &self.sharding)
             .field("recovery", &self.recovery)
+            .field("conflicts", &self.conflicts)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_live", &self.max_live)
             .finish_non_exhaustive()
@@ -168,21 +186,38 @@ where
     /// between `idle_timeout` and two sweeps later.
     ///
     /// Defaults to [`EntityRegistry::DEFAULT_IDLE_TIMEOUT`] (2 minutes, as Akka's default).
+    /// `Some(Duration::ZERO)` is refused by [`RegistryBuilder::start`]: there is no entity
+    /// idle for no time at all (say `None` to never passivate idle entities).
     #[must_use]
     pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
-        self.idle_timeout = idle_timeout.filter(|t| !t.is_zero());
+        self.idle_timeout = idle_timeout;
         self
     }
 
     /// The most entity actors alive at once, live and passivating together. A command for an
-    /// entity that is not live when there is no room waits: the least recently used live
-    /// entity is passivated, and once it has stopped, the entity that has waited longest
-    /// starts. At least 1 (0 is taken as 1).
+    /// entity that is not live when there is no room waits: the least recently used idle
+    /// entity (one with no command in flight) is passivated, or the least recently used one
+    /// when all are busy, and once it has stopped, the entity that has waited longest starts.
+    /// A busy entity may be waiting for the very entity that needs its room (an entity asking
+    /// another): an id that waited [`max_activation_wait`](RegistryBuilder::max_activation_wait)
+    /// starts beyond `max_live`, counted in [`RegistryStats::over_limit`]. At least 1 (0 is
+    /// taken as 1).
     ///
     /// Defaults to [`EntityRegistry::DEFAULT_MAX_LIVE`] (100,000).
     #[must_use]
     pub fn max_live(mut self, max_live: usize) -> Self {
         self.max_live = max_live.max(1);
+        self
+    }
+
+    /// How long a command for an entity that is not live may wait for room under `max_live`
+    /// before the entity starts beyond it: the bound that keeps an entity asking another of the
+    /// same registry from waiting forever when every live entity is busy.
+    ///
+    /// Defaults to [`EntityRegistry::DEFAULT_MAX_ACTIVATION_WAIT`] (2 s).
+    #[must_use]
+    pub fn max_activation_wait(mut self, wait: Duration) -> Self {
+        self.max_activation_wait = wait;
         self
     }
 
@@ -204,6 +239,16 @@ where
         self
     }
 
+    /// How entities decide a command again when its write conflicts (another replica, or an
+    /// incarnation elsewhere, wrote first).
+    ///
+    /// Defaults to [`ConflictPolicy::default`]: up to 10 decisions per command.
+    #[must_use]
+    pub fn conflicts(mut self, policy: ConflictPolicy) -> Self {
+        self.conflicts = policy.at_least_one_decision();
+        self
+    }
+
     /// The arbiter the entity actors run on.
     ///
     /// Defaults to the arbiter [`RegistryBuilder::start`] is called on.
@@ -218,8 +263,15 @@ where
     /// # Errors
     /// [`Error::NoRuntime`] when no arbiter was given and this is not called on an actix
     /// arbiter's thread (inside `#[actix::main]`, `#[actix::test]`, `System::new().block_on`
-    /// or an `Arbiter`).
+    /// or an `Arbiter`); [`Error::InvalidConfig`] for an idle timeout of zero.
     pub fn start(self) -> Result<EntityRegistry<B>, Error> {
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "idle_timeout of zero: say None to never passivate idle entities, or give a \
+                 positive duration"
+                    .to_owned(),
+            ));
+        }
         let arbiter = match self.arbiter {
             Some(arbiter) => arbiter,
             None => actix::Arbiter::try_current().ok_or(Error::NoRuntime)?,
@@ -230,7 +282,10 @@ where
             store: self.store,
             sharding: self.sharding,
             recovery: self.recovery,
+            conflicts: self.conflicts,
             max_live: self.max_live,
+            max_activation_wait: self.max_activation_wait,
+            conflict_retries: Arc::new(AtomicU64::new(0)),
             subscribers: Arc::new(Subscribers::default()),
             table: Mutex::new(Table::default()),
             all_stopped: Notify::new(),
@@ -255,6 +310,9 @@ where
     /// Default of [`RegistryBuilder::max_live`]: 100,000 entities.
     pub const DEFAULT_MAX_LIVE: usize = 100_000;
 
+    /// Default of [`RegistryBuilder::max_activation_wait`]: 2 s.
+    pub const DEFAULT_MAX_ACTIVATION_WAIT: Duration = Duration::from_secs(2);
+
     /// A registry of entities running behaviors made by `factory` on `store` (an `Addr` of any
     /// store actor, a [`DurableStore`](crate::DurableStore), or a [`StateStore`]). Set it up,
     /// then [`start`](RegistryBuilder::start) it.
@@ -272,8 +330,10 @@ where
             factory: Box::new(factory),
             sharding: Sharding::default(),
             recovery: RecoveryPolicy::default(),
+            conflicts: ConflictPolicy::default(),
             idle_timeout: Some(Self::DEFAULT_IDLE_TIMEOUT),
             max_live: Self::DEFAULT_MAX_LIVE,
+            max_activation_wait: Self::DEFAULT_MAX_ACTIVATION_WAIT,
             arbiter: None,
         }
     }
@@ -296,7 +356,7 @@ where
         B: HandleCommandAsync<C>,
         B::Reply: Send,
         B::Error: Send,
-        C: Message<Result = Result<B::Reply, CommandError<B::Error>>> + Send + 'static,
+        C: Message<Result = Result<B::Reply, CommandError<B::Error>>> + Clone + Send + 'static,
     {
         let routed = self.shared.route(id, move |entity| entity.send(command));
         async move {
@@ -355,6 +415,8 @@ where
             activations: table.activations,
             passivations: table.passivations,
             state_changes_dropped: self.shared.subscribers.dropped(),
+            over_limit: table.over_limit,
+            conflict_retries: self.shared.conflict_retries.load(Ordering::Relaxed),
         }
     }
 

@@ -1,6 +1,7 @@
 //! What the handles of one registry share, and how a command gets to its entity: the table
 //! lookup, activation, waiting for room or for a passivating predecessor, and passivation.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -10,10 +11,10 @@ use tokio::sync::{Notify, oneshot};
 
 use super::Factory;
 use crate::behavior::{CommandError, DurableStateBehavior};
-use crate::entity::{DurableEntity, OnDrop, RecoveryPolicy, Sharding, StateStore};
+use crate::entity::{ConflictPolicy, DurableEntity, OnDrop, RecoveryPolicy, Sharding, StateStore};
 use crate::error::{Error, InvalidInput};
-use crate::registry::publish::{Publish, Subscribers};
-use crate::registry::table::{Table, Waiter};
+use crate::publish::{Publish, Subscribers};
+use crate::registry::table::{Incarnation, Table, Waiter};
 use crate::state::validate_persistence_id;
 
 /// Everything the handles of one registry share.
@@ -26,7 +27,12 @@ where
     pub(super) store: StateStore,
     pub(super) sharding: Sharding,
     pub(super) recovery: RecoveryPolicy,
+    pub(super) conflicts: ConflictPolicy,
     pub(super) max_live: usize,
+    /// How long an id may wait for room before it starts beyond `max_live`.
+    pub(super) max_activation_wait: Duration,
+    /// Decisions the entities made again after a conflict.
+    pub(super) conflict_retries: Arc<AtomicU64>,
     pub(super) subscribers: Arc<Subscribers<B::State>>,
     pub(super) table: Mutex<Table<B>>,
     /// Notified when the registry is stopped and its last actor is gone.
@@ -46,9 +52,9 @@ where
     T: Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    let waiter: Waiter<B> = Box::new(move |next| {
+    let waiter: Waiter<B> = Box::new(move |next: &Incarnation<B>| {
         // The caller may have stopped waiting; the message is delivered anyway.
-        let _ = tx.send(deliver(next));
+        let _ = tx.send(next.deliver(deliver));
     });
     (waiter, rx)
 }
@@ -73,12 +79,13 @@ where
         deliver: impl FnOnce(&Addr<DurableEntity<B>>) -> T + Send + 'static,
     ) -> Routed<T> {
         let mut starts = Vec::new();
+        let mut activated = false;
         let routed = {
             let mut table = self.lock();
             if table.stopped {
                 Routed::Refused(Undelivered::Stopped)
-            } else if let Some(addr) = table.touch(id) {
-                Routed::Now(deliver(addr))
+            } else if let Some(actor) = table.touch(id) {
+                Routed::Now(actor.deliver(deliver))
             } else if let Some(waiters) = table.waiters_mut(id) {
                 let (waiter, reply) = waiter(deliver);
                 waiters.push(waiter);
@@ -86,38 +93,95 @@ where
             } else if let Err(invalid) = validate_persistence_id(id) {
                 Routed::Refused(Undelivered::InvalidId(invalid))
             } else if table.actors() < self.max_live && table.waiting() == 0 {
-                let addr = self.activate(&mut table, id.to_owned(), &mut starts);
-                Routed::Now(deliver(&addr))
+                activated = true;
+                let actor = self.activate(&mut table, id.to_owned(), &mut starts);
+                Routed::Now(actor.deliver(deliver))
             } else {
                 let (waiter, reply) = waiter(deliver);
-                table.wait_for_room(id.to_owned(), vec![waiter]);
+                self.wait_for_room(&mut table, id.to_owned(), vec![waiter]);
                 self.make_room(&mut table, &mut starts);
                 Routed::Later(reply)
             }
         };
         // Outside the lock: a job the arbiter refuses is dropped at once, and dropping it runs
         // the entity's `OnDrop`, which takes the lock.
+        let mut all_started = true;
         for start in starts {
-            self.spawn(start);
+            all_started &= self.spawn(start);
+        }
+        if activated && !all_started {
+            // The entity never started, so the message never reached one: a definite answer.
+            return Routed::Refused(Undelivered::Stopped);
         }
         routed
     }
 
     /// Starts the ids waiting for room while there is room, oldest first, delivering their
-    /// commands in the order they arrived; then passivates the least recently used live
-    /// entities until each id still waiting has a passivating entity whose stop will make its
-    /// room. So at most `max_live` actors are ever alive.
+    /// commands in the order they arrived; then passivates entities until each id still
+    /// waiting has a passivating entity whose stop will make its room: the least recently used
+    /// idle ones first (they stop at once), busy ones only when none is idle.
     pub(super) fn make_room(self: &Arc<Self>, table: &mut Table<B>, starts: &mut Vec<StartEntity>) {
         while table.actors() < self.max_live {
             let Some((id, waiters)) = table.next_waiting() else {
                 break;
             };
-            let addr = self.activate(table, id, starts);
-            for waiter in waiters {
-                waiter(&addr);
-            }
+            self.start_waiting(table, id, waiters, starts);
         }
-        while table.passivating() < table.waiting() && table.passivate_lru() {}
+        while table.passivating() < table.waiting() && table.passivate_for_room() {}
+    }
+
+    fn start_waiting(
+        self: &Arc<Self>,
+        table: &mut Table<B>,
+        id: String,
+        waiters: Vec<Waiter<B>>,
+        starts: &mut Vec<StartEntity>,
+    ) {
+        let actor = self.activate(table, id, starts);
+        for waiter in waiters {
+            waiter(&actor);
+        }
+    }
+
+    /// Queues `id` for room, and makes sure it does not wait longer than
+    /// `max_activation_wait`: a busy entity chosen to make room may be waiting for this very
+    /// id (an entity asking another), and would never stop.
+    fn wait_for_room(self: &Arc<Self>, table: &mut Table<B>, id: String, waiters: Vec<Waiter<B>>) {
+        let turn = table.wait_for_room(id.clone(), waiters);
+        let registry = Arc::downgrade(self);
+        let wait = self.max_activation_wait;
+        // A dead arbiter drops this, and the id waits for room as before the limit.
+        self.arbiter.spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(registry) = registry.upgrade() {
+                registry.admit_over_limit(&id, turn);
+            }
+        });
+    }
+
+    /// Starts `id` at once, beyond `max_live`, if it still waits for room since `turn`.
+    fn admit_over_limit(self: &Arc<Self>, id: &str, turn: u64) {
+        let mut starts = Vec::new();
+        {
+            let mut table = self.lock();
+            if table.stopped {
+                return;
+            }
+            let Some(waiters) = table.take_waiting(id, turn) else {
+                return;
+            };
+            table.over_limit += 1;
+            tracing::warn!(
+                persistence_id = id,
+                max_live = self.max_live,
+                wait = ?self.max_activation_wait,
+                "no entity made room in time (each had a command in flight); starting one beyond max_live"
+            );
+            self.start_waiting(&mut table, id.to_owned(), waiters, &mut starts);
+        }
+        for start in starts {
+            self.spawn(start);
+        }
     }
 
     /// Makes `id` live with a new incarnation. Returns its address (messages sent to it wait in
@@ -128,13 +192,17 @@ where
         table: &mut Table<B>,
         id: String,
         starts: &mut Vec<StartEntity>,
-    ) -> Addr<DurableEntity<B>> {
+    ) -> Incarnation<B> {
         let generation = table.next_generation();
         // Unbounded: a send never parks, so every message is in the mailbox when `send`
         // returns (the order guarantee); callers each wait for their reply, which bounds it.
         let (tx, rx) = channel::channel(0);
-        let addr = Addr::new(tx);
-        table.add_live(id.clone(), addr.clone(), generation);
+        let actor = Incarnation {
+            addr: Addr::new(tx),
+            busy: Arc::new(AtomicUsize::new(0)),
+        };
+        table.add_live(id.clone(), actor.clone(), generation);
+        let busy = Arc::clone(&actor.busy);
         let gone = {
             let registry = Arc::downgrade(self);
             let id = id.clone();
@@ -159,21 +227,26 @@ where
             let entity = DurableEntity::new(behavior, shared.store.clone())
                 .sharding(shared.sharding.clone())
                 .recovery(shared.recovery.clone())
+                .conflicts(shared.conflicts.clone())
+                .tracked(busy, Arc::clone(&shared.conflict_retries))
                 .publish_to(subscribers)
                 .on_drop(gone);
             drop(shared);
             let context = Context::with_receiver(rx);
             actix::spawn(context.into_future(entity));
         }));
-        addr
+        actor
     }
 
-    /// Starts an entity on the arbiter; a dead arbiter stops the registry.
-    pub(super) fn spawn(&self, job: StartEntity) {
-        if !self.arbiter.spawn_fn(job) {
-            tracing::error!("the entity registry's arbiter is gone; the registry stops");
-            self.lock().stop();
+    /// Starts an entity on the arbiter; a dead arbiter stops the registry. Returns whether
+    /// the arbiter took the job.
+    pub(super) fn spawn(&self, job: StartEntity) -> bool {
+        if self.arbiter.spawn_fn(job) {
+            return true;
         }
+        tracing::error!("the entity registry's arbiter is gone; the registry stops");
+        self.lock().stop();
+        false
     }
 
     /// Incarnation `generation` of `id` is gone: frees its place. Commands that wait for its
@@ -193,7 +266,7 @@ where
                 }
             } else {
                 if !waiters.is_empty() {
-                    table.wait_for_room(id.to_owned(), waiters);
+                    self.wait_for_room(&mut table, id.to_owned(), waiters);
                 }
                 self.make_room(&mut table, &mut starts);
             }

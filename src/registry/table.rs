@@ -7,6 +7,8 @@
 //! command. The idle sweep maps use numbers to time with a checkpoint per sweep.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -16,11 +18,40 @@ use crate::behavior::DurableStateBehavior;
 use crate::entity::{DurableEntity, Passivate};
 
 /// Delivers one waiting command to the next incarnation.
-pub(super) type Waiter<B> = Box<dyn FnOnce(&Addr<DurableEntity<B>>) + Send>;
+pub(super) type Waiter<B> = Box<dyn FnOnce(&Incarnation<B>) + Send>;
+
+/// One actor of an id: its address, and how many messages routed to it it has not answered.
+pub(super) struct Incarnation<B: DurableStateBehavior> {
+    pub(super) addr: Addr<DurableEntity<B>>,
+    /// Shared with the actor, which decrements it as it answers.
+    pub(super) busy: Arc<AtomicUsize>,
+}
+
+impl<B: DurableStateBehavior> Clone for Incarnation<B> {
+    fn clone(&self) -> Self {
+        Incarnation {
+            addr: self.addr.clone(),
+            busy: Arc::clone(&self.busy),
+        }
+    }
+}
+
+impl<B: DurableStateBehavior> Incarnation<B> {
+    /// Puts a message into the mailbox with `deliver`, counting it as in flight.
+    pub(super) fn deliver<T>(&self, deliver: impl FnOnce(&Addr<DurableEntity<B>>) -> T) -> T {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        deliver(&self.addr)
+    }
+
+    /// Nothing routed to it is waiting for an answer: stopping it makes room at once.
+    fn is_idle(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) == 0
+    }
+}
 
 /// A live entity.
 struct Live<B: DurableStateBehavior> {
-    addr: Addr<DurableEntity<B>>,
+    actor: Incarnation<B>,
     /// Which incarnation of the id this is.
     generation: u64,
     /// The use number of the last command routed to it.
@@ -38,9 +69,11 @@ pub(super) struct Table<B: DurableStateBehavior> {
     /// Live entities, the least recently used last.
     live: LruCache<String, Live<B>>,
     stopping: HashMap<String, Stopping<B>>,
-    /// Ids waiting for room to start, first come first served, with their commands.
+    /// Ids waiting for room to start, first come first served, with their commands and the
+    /// number of their turn (which tells a late admission whether the id still waits).
     waiting: VecDeque<String>,
-    waiters: HashMap<String, Vec<Waiter<B>>>,
+    waiters: HashMap<String, (u64, Vec<Waiter<B>>)>,
+    turns: u64,
     /// Use numbers handed out so far.
     uses: u64,
     /// (when, `uses` then), one per idle sweep, oldest first.
@@ -50,6 +83,9 @@ pub(super) struct Table<B: DurableStateBehavior> {
     pub(super) peak_actors: usize,
     pub(super) activations: u64,
     pub(super) passivations: u64,
+    /// Activations admitted beyond `max_live` because every live entity had a message in
+    /// flight.
+    pub(super) over_limit: u64,
 }
 
 impl<B: DurableStateBehavior> Default for Table<B> {
@@ -59,6 +95,7 @@ impl<B: DurableStateBehavior> Default for Table<B> {
             stopping: HashMap::new(),
             waiting: VecDeque::new(),
             waiters: HashMap::new(),
+            turns: 0,
             uses: 0,
             checkpoints: VecDeque::new(),
             stopped: false,
@@ -66,6 +103,7 @@ impl<B: DurableStateBehavior> Default for Table<B> {
             peak_actors: 0,
             activations: 0,
             passivations: 0,
+            over_limit: 0,
         }
     }
 }
@@ -90,33 +128,46 @@ impl<B: DurableStateBehavior> Table<B> {
         self.waiting.len()
     }
 
-    /// The address of the live entity `id`, counted as a use.
-    pub(super) fn touch(&mut self, id: &str) -> Option<&Addr<DurableEntity<B>>> {
+    /// The live entity `id`, counted as a use.
+    pub(super) fn touch(&mut self, id: &str) -> Option<&Incarnation<B>> {
         let live = self.live.get_mut(id)?;
         self.uses += 1;
         live.last_use = self.uses;
-        Some(&live.addr)
+        Some(&live.actor)
     }
 
     /// The commands waiting for `id` to (re)start, if it is passivating or waiting for room.
     pub(super) fn waiters_mut(&mut self, id: &str) -> Option<&mut Vec<Waiter<B>>> {
         match self.stopping.get_mut(id) {
             Some(stopping) => Some(&mut stopping.waiters),
-            None => self.waiters.get_mut(id),
+            None => self.waiters.get_mut(id).map(|(_, waiters)| waiters),
         }
     }
 
-    /// Queues `id`, which is neither live nor passivating, to start when there is room.
-    pub(super) fn wait_for_room(&mut self, id: String, waiters: Vec<Waiter<B>>) {
+    /// Queues `id`, which is neither live nor passivating, to start when there is room;
+    /// returns the number of its turn.
+    pub(super) fn wait_for_room(&mut self, id: String, waiters: Vec<Waiter<B>>) -> u64 {
+        self.turns += 1;
         self.waiting.push_back(id.clone());
-        self.waiters.insert(id, waiters);
+        self.waiters.insert(id, (self.turns, waiters));
+        self.turns
     }
 
     /// The id that has waited longest for room, with its commands.
     pub(super) fn next_waiting(&mut self) -> Option<(String, Vec<Waiter<B>>)> {
         let id = self.waiting.pop_front()?;
-        let waiters = self.waiters.remove(&id).unwrap_or_default();
+        let (_, waiters) = self.waiters.remove(&id).unwrap_or_default();
         Some((id, waiters))
+    }
+
+    /// Takes `id` out of the queue for room if it still waits there since `turn`, with its
+    /// commands.
+    pub(super) fn take_waiting(&mut self, id: &str, turn: u64) -> Option<Vec<Waiter<B>>> {
+        if self.waiters.get(id).is_none_or(|(since, _)| *since != turn) {
+            return None;
+        }
+        self.waiting.retain(|waiting| waiting != id);
+        self.waiters.remove(id).map(|(_, waiters)| waiters)
     }
 
     pub(super) fn next_generation(&mut self) -> u64 {
@@ -125,10 +176,10 @@ impl<B: DurableStateBehavior> Table<B> {
     }
 
     /// Makes incarnation `generation` of `id` live, as just used.
-    pub(super) fn add_live(&mut self, id: String, addr: Addr<DurableEntity<B>>, generation: u64) {
+    pub(super) fn add_live(&mut self, id: String, actor: Incarnation<B>, generation: u64) {
         self.uses += 1;
         let live = Live {
-            addr,
+            actor,
             generation,
             last_use: self.uses,
         };
@@ -138,18 +189,31 @@ impl<B: DurableStateBehavior> Table<B> {
     }
 
     /// Takes the least recently used live entity out of the list.
+    #[cfg(test)]
     fn pop_lru(&mut self) -> Option<(String, Live<B>)> {
         self.live.pop_lru()
     }
 
-    /// Passivates the least recently used live entity; false if none is live.
-    pub(super) fn passivate_lru(&mut self) -> bool {
-        match self.pop_lru() {
-            Some((id, live)) => {
-                self.passivate(id, live);
-                true
-            }
-            None => false,
+    /// Passivates the least recently used live entity that holds no message (one that does
+    /// makes room only once its commands are answered, which may wait for the very entity
+    /// that needs the room); if every live entity is busy, the least recently used one. False
+    /// if none is live.
+    pub(super) fn passivate_for_room(&mut self) -> bool {
+        let idle = self
+            .live
+            .iter()
+            .rev()
+            .find(|(_, live)| live.actor.is_idle())
+            .map(|(id, _)| id.clone());
+        match idle {
+            Some(id) => self.passivate_id(&id),
+            None => match self.live.pop_lru() {
+                Some((id, live)) => {
+                    self.passivate(id, live);
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -182,21 +246,24 @@ impl<B: DurableStateBehavior> Table<B> {
         let Some(idle_until) = idle_until else {
             return;
         };
-        while self
+        // An entity with a message in flight is not idle, whatever its last use.
+        let idle: Vec<String> = self
             .live
-            .peek_lru()
-            .is_some_and(|(_, live)| live.last_use <= idle_until)
-        {
-            if let Some((id, live)) = self.live.pop_lru() {
-                self.passivate(id, live);
-            }
+            .iter()
+            .rev()
+            .take_while(|(_, live)| live.last_use <= idle_until)
+            .filter(|(_, live)| live.actor.is_idle())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            self.passivate_id(&id);
         }
     }
 
     /// Tells the live entity `id` (already taken out of `live`) to stop after the commands in
     /// its mailbox: `Passivate` is queued behind them, and later commands wait in the slot.
     fn passivate(&mut self, id: String, live: Live<B>) {
-        live.addr.do_send(Passivate);
+        live.actor.addr.do_send(Passivate);
         self.passivations += 1;
         self.stopping.insert(
             id,
@@ -271,9 +338,15 @@ mod tests {
     }
 
     /// An address with no actor behind it: enough for the table, which only sends `Passivate`.
-    fn add(table: &mut Table<Idle>, id: &str) {
+    fn add(table: &mut Table<Idle>, id: &str) -> Arc<AtomicUsize> {
         let generation = table.next_generation();
-        table.add_live(id.to_owned(), Addr::new(channel::channel(0).0), generation);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let actor = Incarnation {
+            addr: Addr::new(channel::channel(0).0),
+            busy: Arc::clone(&busy),
+        };
+        table.add_live(id.to_owned(), actor, generation);
+        busy
     }
 
     fn touch(table: &mut Table<Idle>, id: &str) {
@@ -293,14 +366,52 @@ mod tests {
             add(&mut table, id);
         }
         touch(&mut table, "a");
-        assert!(table.passivate_lru());
+        assert!(table.passivate_for_room());
         assert_eq!(passivating(&table), ["b"]);
         touch(&mut table, "c");
-        assert!(table.passivate_lru());
+        assert!(table.passivate_for_room());
         assert_eq!(passivating(&table), ["a", "b"]);
-        assert!(table.passivate_lru());
-        assert!(!table.passivate_lru(), "nothing live");
+        assert!(table.passivate_for_room());
+        assert!(!table.passivate_for_room(), "nothing live");
         assert_eq!(table.passivations, 3);
+    }
+
+    #[test]
+    fn an_idle_entity_is_chosen_to_make_room_before_a_busy_one() {
+        let mut table = Table::default();
+        let busy_a = add(&mut table, "a");
+        add(&mut table, "b");
+        busy_a.fetch_add(1, Ordering::Relaxed);
+        touch(&mut table, "b");
+        // `a` is the least recently used, but busy: `b` goes.
+        assert!(table.passivate_for_room());
+        assert_eq!(passivating(&table), ["b"]);
+        add(&mut table, "c");
+        busy_a.fetch_sub(1, Ordering::Relaxed);
+        assert!(table.passivate_for_room());
+        assert_eq!(
+            passivating(&table),
+            ["a", "b"],
+            "idle again, and the oldest"
+        );
+        // Only busy entities left: the least recently used goes after its commands.
+        let busy_d = add(&mut table, "d");
+        busy_d.fetch_add(1, Ordering::Relaxed);
+        assert!(table.passivate_for_room());
+        assert_eq!(passivating(&table), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn the_idle_sweep_skips_entities_with_a_message_in_flight() {
+        let idle = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut table = Table::default();
+        let busy = add(&mut table, "slow");
+        add(&mut table, "quiet");
+        busy.fetch_add(1, Ordering::Relaxed);
+        table.passivate_idle(start, idle);
+        table.passivate_idle(start + idle, idle);
+        assert_eq!(passivating(&table), ["quiet"]);
     }
 
     #[test]

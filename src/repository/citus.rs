@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::future::join_all;
 use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::Repository;
@@ -99,7 +100,8 @@ impl Repository {
 
     /// The stored rows of `ids` (distinct), read shard by shard: one single-shard statement
     /// per shard, pipelined. A table Citus does not distribute (a local table on the
-    /// coordinator) is read with one statement, from then on without asking again.
+    /// coordinator) is read with one statement, from then on without asking again, once the
+    /// catalog said so.
     pub(super) async fn read_by_shard(
         &self,
         client: &PooledClient,
@@ -112,10 +114,16 @@ impl Repository {
         }
         let placed = match client.query_text(&self.sql.shard_of, &all).await {
             Ok(placed) => placed,
-            // The server refused (`relation is not distributed`): not a connection problem.
-            Err(Error::Database { .. }) => {
-                self.not_distributed.store(true, Ordering::Relaxed);
-                return read_all().await;
+            // Only a definite answer switches reads by shard off for good: the catalog says the
+            // table is not distributed, or there is no Citus catalog at all. Anything else (a
+            // broken connection, a shutdown, a cancel) fails this batch, and the next batch
+            // asks again.
+            Err(error @ Error::Database { .. }) => {
+                if self.is_distributed(client).await? == Some(false) {
+                    self.not_distributed.store(true, Ordering::Relaxed);
+                    return read_all().await;
+                }
+                return Err(error);
             }
             Err(error) => return Err(error),
         };
@@ -141,6 +149,33 @@ impl Repository {
             rows.extend(read?);
         }
         Ok(rows)
+    }
+
+    /// Whether Citus' catalog lists the table as hash-distributed: `Some(false)` when it does
+    /// not (a local or reference table reads with one statement), or when the server has no
+    /// Citus catalog; `None` when the catalog lists it (so the failure that led here was not
+    /// about distribution). Errors other than a missing catalog are returned.
+    async fn is_distributed(&self, client: &PooledClient) -> Result<Option<bool>, Error> {
+        match client.query_text(&self.sql.is_distributed, &[]).await {
+            Ok(rows) => {
+                let listed = rows
+                    .first()
+                    .map(|row| row.try_get::<_, bool>(0))
+                    .transpose()
+                    .map_err(Error::database)?
+                    .unwrap_or(false);
+                Ok((!listed).then_some(false))
+            }
+            Err(error)
+                if matches!(
+                    error.code(),
+                    Some(&SqlState::UNDEFINED_TABLE | &SqlState::UNDEFINED_FUNCTION)
+                ) =>
+            {
+                Ok(Some(false))
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 

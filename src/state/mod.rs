@@ -80,7 +80,7 @@ pub enum RowFormat {
 /// ```
 #[derive(Clone, PartialEq, Message)]
 pub struct DurableState {
-    /// The entity's unique id (1 to 255 bytes, no NUL).
+    /// The entity's unique id (1 to 255 characters, as the `VARCHAR(255)` column counts them; no NUL).
     #[prost(string, tag = "1")]
     pub persistence_id: String,
     /// The state's version: 1 for the first state, then +1 per change.

@@ -128,15 +128,15 @@ pub mod bank {
     /// Replies (balance, version) after the command.
     pub type Reply = Result<(i64, u64), CommandError<AccountError>>;
 
-    #[derive(Message)]
+    #[derive(Clone, Message)]
     #[rtype(result = "Reply")]
     pub struct Deposit(pub i64);
 
-    #[derive(Message)]
+    #[derive(Clone, Message)]
     #[rtype(result = "Reply")]
     pub struct Withdraw(pub i64);
 
-    #[derive(Message)]
+    #[derive(Clone, Message)]
     #[rtype(result = "Reply")]
     pub struct GetBalance;
 

@@ -1,8 +1,8 @@
-//! The README's durable-entity example, verbatim below this header (`tests/readme.rs` checks
-//! that and runs it on an empty schema).
+//! The durable-entity example of the guide's entities chapter (`src/guide/entities.md`),
+//! verbatim below this header (`tests/readme.rs` checks that and runs it on an empty schema).
 //!
 //! ```text
-//! cargo run --example readme_entity
+//! cargo run --example guide_entity
 //! ```
 use std::convert::Infallible;
 
@@ -32,7 +32,7 @@ impl DurableStateBehavior for Account {
     }
 }
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<i64, CommandError<Infallible>>")]
 pub struct Deposit(pub i64);
 
@@ -56,7 +56,7 @@ impl HandleCommand<Deposit> for Account {
 #[derive(Debug, PartialEq)]
 pub struct InsufficientFunds;
 
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<i64, CommandError<InsufficientFunds>>")]
 pub struct Withdraw(pub i64);
 

@@ -1,8 +1,8 @@
-//! The README's serde-state example, verbatim below this header (`tests/serde_states.rs` checks
-//! that and runs it on an empty schema).
+//! The serde-state example of the guide's states chapter (`src/guide/states.md`), verbatim
+//! below this header (`tests/serde_states.rs` checks that and runs it on an empty schema).
 //!
 //! ```text
-//! cargo run --example readme_serde --features serde
+//! cargo run --example guide_serde --features serde
 //! ```
 use actix::{Actor, Message};
 use durablestore_postgres::{
@@ -33,7 +33,7 @@ impl DurableStateBehavior for Cart {
 }
 
 /// Adds an item; replies with the number of items in the cart.
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "Result<usize, CommandError<String>>")]
 pub struct AddItem(pub String);
 
