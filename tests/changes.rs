@@ -532,10 +532,7 @@ async fn bad_input_is_a_typed_error_that_changes_nothing() {
     assert!(
         matches!(DurableStore::new(citus), Err(Error::InvalidConfig(m)) if m.contains("Citus"))
     );
-    let long = Config::from_env()
-        .unwrap()
-        .table("t".repeat(60))
-        .change_feed(true);
+    let long = db.config().table("t".repeat(60)).change_feed(true);
     assert!(matches!(DurableStore::new(long), Err(Error::InvalidConfig(m)) if m.contains("51")));
     settle(&db).await;
     let page = store.changes_page(&Offset::BEGINNING, 10).await.unwrap();
