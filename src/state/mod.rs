@@ -202,12 +202,12 @@ pub(crate) fn type_name(type_url: &str) -> &str {
 fn is_full_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_MANIFEST_LEN
-        && name.split('.').all(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        // Bytes, not chars: every allowed character is ASCII, and no byte of a non-ASCII
+        // character is; this runs on every write.
+        && name.as_bytes().split(|&b| b == b'.').all(|part| {
+            part.first()
+                .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'_')
+                && part.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_')
         })
 }
 
@@ -224,12 +224,14 @@ pub(crate) fn json_name_error(name: &str) -> Option<&'static str> {
     if name.len() > MAX_MANIFEST_LEN {
         return Some("it is longer than 255 bytes");
     }
-    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+    // Bytes, not chars, as in `is_full_name`.
+    let bytes = name.as_bytes();
+    if !bytes.first().is_some_and(u8::is_ascii_alphabetic) {
         return Some("it does not start with an ASCII letter");
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '@' | '+'))
+    if !bytes
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':' | b'@' | b'+'))
     {
         return Some("it has a character other than ASCII letters, digits and `_ . - : @ +`");
     }
