@@ -112,13 +112,17 @@ impl DurableState {
         version_number: u64,
         state: &M,
     ) -> Self {
+        // The standard prefix, as Go's `anypb.New` writes it (prost's default `Name` type URL
+        // is a bare `/name`); pushed rather than formatted, as this runs on every write.
+        let name = M::full_name();
+        let mut type_url = String::with_capacity(TYPE_URL_PREFIX.len() + name.len());
+        type_url.push_str(TYPE_URL_PREFIX);
+        type_url.push_str(&name);
         DurableState {
             persistence_id: persistence_id.into(),
             version_number,
             resulting_state: Some(Any {
-                // The standard prefix, as Go's `anypb.New` writes it (prost's default `Name`
-                // type URL is a bare `/name`).
-                type_url: format!("{TYPE_URL_PREFIX}{}", M::full_name()),
+                type_url,
                 value: state.encode_to_vec(),
             }),
             timestamp: now_millis(),
