@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering;
 
 use actix::ResponseActFuture;
-use actix::fut::{self, ActorFutureExt, WrapFuture};
+use actix::fut::{self, ActorFuture, ActorFutureExt, WrapFuture};
+use futures_util::future::Either;
 
 use super::DurableEntity;
 use crate::behavior::{
@@ -28,6 +29,11 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         B: HandleCommandAsync<C>,
         C: Clone + 'static,
     {
+        // The usual case, recovered already, goes straight to the decision: no future is
+        // built (nor allocated) for a recovery that has nothing to do.
+        if self.current.is_some() {
+            return self.decide(command, tried);
+        }
         Box::pin(
             self.ensure_recovered()
                 .then(move |recovered, entity, _ctx| match recovered {
@@ -59,6 +65,7 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         // so that the pause does not make it stale; the last decision reloads at once.
         let reload = again.is_none();
         let decision = self.behavior.handle_command_async(command, state, version);
+        // One allocation for the whole decision: only deciding again boxes another.
         Box::pin(
             decision
                 .into_actor(self)
@@ -77,13 +84,13 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                         if let Some(counter) = &entity.conflict_retries {
                             counter.fetch_add(1, Ordering::Relaxed);
                         }
-                        Box::pin(
+                        Either::Right(
                             tokio::time::sleep(pause)
                                 .into_actor(entity)
                                 .then(move |(), entity, _| entity.run_command(command, tried + 1)),
-                        ) as ResponseActFuture<Self, _>
+                        )
                     }
-                    (persisted, _) => Box::pin(fut::ready(persisted)),
+                    (persisted, _) => Either::Left(fut::ready(persisted)),
                 }),
         )
     }
@@ -96,93 +103,93 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         decided: Result<Effect<B::State, R>, E>,
         version: u64,
         reload: bool,
-    ) -> ResponseActFuture<Self, Result<R, CommandError<E>>> {
-        let id = self.behavior.persistence_id().to_owned();
+    ) -> impl ActorFuture<Self, Output = Result<R, CommandError<E>>> + use<B, R, E> {
         let next = version + 1;
+        let id = self.behavior.persistence_id();
         let (new_state, change, reply) = match decided {
-            Err(rejection) => return Box::pin(fut::ready(Err(CommandError::Rejected(rejection)))),
-            Ok(Effect::None { reply }) => return Box::pin(fut::ready(Ok(reply))),
-            Ok(Effect::Persist { state, reply }) => match state.to_durable_state(&id, next) {
+            Err(rejection) => {
+                return Either::Left(fut::ready(Err(CommandError::Rejected(rejection))));
+            }
+            Ok(Effect::None { reply }) => return Either::Left(fut::ready(Ok(reply))),
+            Ok(Effect::Persist { state, reply }) => match state.to_durable_state(id, next) {
                 Ok(durable) => {
-                    let durable = durable.with_shard(self.sharding.shard_of(&id));
+                    let durable = durable.with_shard(self.sharding.shard_of(id));
                     (Some(state), Change::Write(durable), reply)
                 }
                 // Nothing was written: the state stays the last persisted one.
-                Err(error) => return Box::pin(fut::ready(Err(CommandError::Store(error)))),
+                Err(error) => return Either::Left(fut::ready(Err(CommandError::Store(error)))),
             },
-            Ok(Effect::Delete { reply }) => (None, Change::Delete, reply),
+            Ok(Effect::Delete { reply }) => (None, Change::Delete(id.to_owned()), reply),
         };
         let store = self.store.clone();
         let write = async move {
-            let stored = match change {
+            match change {
                 Change::Write(durable) => store.write(durable).await,
-                Change::Delete => store.delete(id.clone(), next).await,
-            };
+                Change::Delete(id) => store.delete(id, next).await,
+            }
+        };
+        Either::Right(write.into_actor(self).then(move |stored, entity, _| {
             let conflict = match stored {
-                Ok(WriteOutcome::Written) => return Ok(()),
+                Ok(WriteOutcome::Written) => {
+                    if let Some(subscribers) = &entity.subscribers {
+                        subscribers.publish(
+                            entity.behavior.persistence_id(),
+                            next,
+                            new_state.as_ref(),
+                        );
+                    }
+                    // A deleted entity goes on from its initial state.
+                    let state = new_state.unwrap_or_else(|| entity.behavior.initial_state());
+                    entity.current = Some((state, next));
+                    return Either::Left(fut::ready(Ok(reply)));
+                }
                 // This entity never sends a change twice, so a stored identical state (or
                 // tombstone) was stored by someone else (another live actor of this id made
                 // the same change): this command was not applied.
                 Ok(WriteOutcome::AlreadyStored) => None,
                 Err(conflict @ Error::VersionConflict { .. }) => Some(conflict),
-                Err(error) => return Err(Failure::Store(error)),
+                Err(error) => {
+                    if error.outcome_unknown() {
+                        // The write may have been applied: the state in memory may be
+                        // stale, so it is read again before the next command.
+                        entity.current = None;
+                    }
+                    return Either::Left(fut::ready(Err(CommandError::Store(error))));
+                }
             };
-            // Someone else owns the newer state: take it, don't fight it.
-            let reloaded = if reload {
-                Some(store.revision(id.clone()).await)
-            } else {
-                None
-            };
-            let conflict = conflict.unwrap_or_else(|| Error::VersionConflict {
-                persistence_id: id,
-                attempted: next,
-                stored: match &reloaded {
-                    Some(Ok(revision)) => revision.version,
-                    _ => next,
-                },
-            });
-            Err(Failure::Conflict(conflict, reloaded))
-        };
-        Box::pin(
-            write
-                .into_actor(self)
-                .map(move |written, entity, _| match written {
-                    Ok(()) => {
-                        if let Some(subscribers) = &entity.subscribers {
-                            subscribers.publish(
-                                entity.behavior.persistence_id(),
-                                next,
-                                new_state.as_ref(),
-                            );
-                        }
-                        // A deleted entity goes on from its initial state.
-                        let state = new_state.unwrap_or_else(|| entity.behavior.initial_state());
-                        entity.current = Some((state, next));
-                        Ok(reply)
-                    }
-                    Err(Failure::Conflict(conflict, reloaded)) => {
-                        // A row that could not be read is recovered again before the next
-                        // command rather than guessed.
-                        let behavior = &entity.behavior;
-                        entity.current = reloaded.and_then(|reloaded| {
-                            reloaded
-                                .and_then(|revision| {
-                                    current::<B>(revision, || behavior.initial_state())
-                                })
-                                .ok()
-                        });
-                        Err(CommandError::Conflict(conflict))
-                    }
-                    Err(Failure::Store(error)) => {
-                        if error.outcome_unknown() {
-                            // The write may have been applied: the state in memory may be
-                            // stale, so it is read again before the next command.
-                            entity.current = None;
-                        }
-                        Err(CommandError::Store(error))
-                    }
-                }),
-        )
+            // Someone else owns the newer state: take it, don't fight it. Until it is read,
+            // the entity has no state, so a read that fails is retried before the next
+            // command rather than guessed.
+            entity.current = None;
+            let id = entity.behavior.persistence_id().to_owned();
+            if !reload {
+                let conflict = conflict.unwrap_or(Error::VersionConflict {
+                    persistence_id: id,
+                    attempted: next,
+                    stored: next,
+                });
+                return Either::Left(fut::ready(Err(CommandError::Conflict(conflict))));
+            }
+            let store = entity.store.clone();
+            let reloaded = async move { store.revision(id).await };
+            Either::Right(
+                Box::pin(reloaded.into_actor(entity).map(move |reloaded, entity, _| {
+                    let conflict = conflict.unwrap_or_else(|| Error::VersionConflict {
+                        persistence_id: entity.behavior.persistence_id().to_owned(),
+                        attempted: next,
+                        stored: match &reloaded {
+                            Ok(revision) => revision.version,
+                            Err(_) => next,
+                        },
+                    });
+                    let behavior = &entity.behavior;
+                    entity.current = reloaded
+                        .and_then(|revision| current::<B>(revision, || behavior.initial_state()))
+                        .ok();
+                    Err(CommandError::Conflict(conflict))
+                })) as ResponseActFuture<Self, _>,
+            )
+        }))
     }
 }
 
@@ -201,13 +208,6 @@ pub(super) fn current<B: DurableStateBehavior>(
 /// What a command changes in the store.
 enum Change {
     Write(DurableState),
-    Delete,
-}
-
-/// Why persisting a command's state failed.
-enum Failure {
-    /// Another writer got there first; what is stored now, as reloaded (`None`: not read yet).
-    Conflict(Error, Option<Result<Revision, Error>>),
-    /// The store failed; [`Error::outcome_unknown`] says whether the write may have landed.
-    Store(Error),
+    /// A tombstone for this id.
+    Delete(String),
 }

@@ -1,6 +1,7 @@
 //! [`StateStore`]: where an entity reads and writes its state.
 
 use std::fmt;
+use std::sync::Arc;
 
 use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, Handler, Recipient};
@@ -19,18 +20,22 @@ pub struct StateStore(Route);
 
 #[derive(Clone)]
 enum Route {
-    Mailbox {
-        write: Recipient<WriteState>,
-        delete: Recipient<DeleteState>,
-        read: Recipient<GetRevision>,
-    },
+    /// Shared: cloning a `Recipient` allocates, and an entity clones its store for every
+    /// command.
+    Mailbox(Arc<Recipients>),
     Direct(DurableStore),
+}
+
+struct Recipients {
+    write: Recipient<WriteState>,
+    delete: Recipient<DeleteState>,
+    read: Recipient<GetRevision>,
 }
 
 impl fmt::Debug for StateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let route = match self.0 {
-            Route::Mailbox { .. } => "mailbox",
+            Route::Mailbox(_) => "mailbox",
             Route::Direct(_) => "direct",
         };
         f.debug_struct("StateStore").field("route", &route).finish()
@@ -43,11 +48,11 @@ where
     A::Context: ToEnvelope<A, WriteState> + ToEnvelope<A, DeleteState> + ToEnvelope<A, GetRevision>,
 {
     fn from(addr: Addr<A>) -> Self {
-        StateStore(Route::Mailbox {
-            write: addr.clone().recipient(),
-            delete: addr.clone().recipient(),
-            read: addr.recipient(),
-        })
+        StateStore::from_recipients(
+            addr.clone().recipient(),
+            addr.clone().recipient(),
+            addr.recipient(),
+        )
     }
 }
 
@@ -64,11 +69,11 @@ impl StateStore {
         delete: Recipient<DeleteState>,
         read: Recipient<GetRevision>,
     ) -> Self {
-        StateStore(Route::Mailbox {
+        StateStore(Route::Mailbox(Arc::new(Recipients {
             write,
             delete,
             read,
-        })
+        })))
     }
 
     /// Writes a state. A store actor that stopped before answering reads as
@@ -76,7 +81,8 @@ impl StateStore {
     pub async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
         match &self.0 {
             Route::Direct(store) => store.write(state).await,
-            Route::Mailbox { write, .. } => write
+            Route::Mailbox(to) => to
+                .write
                 .send(WriteState(state))
                 .await
                 .unwrap_or(Err(Error::Interrupted)),
@@ -91,7 +97,8 @@ impl StateStore {
     ) -> Result<WriteOutcome, Error> {
         match &self.0 {
             Route::Direct(store) => store.delete(persistence_id, version).await,
-            Route::Mailbox { delete, .. } => delete
+            Route::Mailbox(to) => to
+                .delete
                 .send(DeleteState {
                     persistence_id,
                     version,
@@ -106,7 +113,8 @@ impl StateStore {
     pub async fn revision(&self, persistence_id: String) -> Result<Revision, Error> {
         match &self.0 {
             Route::Direct(store) => store.revision(persistence_id).await,
-            Route::Mailbox { read, .. } => read
+            Route::Mailbox(to) => to
+                .read
                 .send(GetRevision(persistence_id))
                 .await
                 .unwrap_or(Err(Error::NotConnected)),

@@ -112,13 +112,17 @@ impl DurableState {
         version_number: u64,
         state: &M,
     ) -> Self {
+        // The standard prefix, as Go's `anypb.New` writes it (prost's default `Name` type URL
+        // is a bare `/name`); pushed rather than formatted, as this runs on every write.
+        let name = M::full_name();
+        let mut type_url = String::with_capacity(TYPE_URL_PREFIX.len() + name.len());
+        type_url.push_str(TYPE_URL_PREFIX);
+        type_url.push_str(&name);
         DurableState {
             persistence_id: persistence_id.into(),
             version_number,
             resulting_state: Some(Any {
-                // The standard prefix, as Go's `anypb.New` writes it (prost's default `Name`
-                // type URL is a bare `/name`).
-                type_url: format!("{TYPE_URL_PREFIX}{}", M::full_name()),
+                type_url,
                 value: state.encode_to_vec(),
             }),
             timestamp: now_millis(),
@@ -202,12 +206,12 @@ pub(crate) fn type_name(type_url: &str) -> &str {
 fn is_full_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_MANIFEST_LEN
-        && name.split('.').all(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        // Bytes, not chars: every allowed character is ASCII, and no byte of a non-ASCII
+        // character is; this runs on every write.
+        && name.as_bytes().split(|&b| b == b'.').all(|part| {
+            part.first()
+                .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'_')
+                && part.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_')
         })
 }
 
@@ -224,12 +228,14 @@ pub(crate) fn json_name_error(name: &str) -> Option<&'static str> {
     if name.len() > MAX_MANIFEST_LEN {
         return Some("it is longer than 255 bytes");
     }
-    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+    // Bytes, not chars, as in `is_full_name`.
+    let bytes = name.as_bytes();
+    if !bytes.first().is_some_and(u8::is_ascii_alphabetic) {
         return Some("it does not start with an ASCII letter");
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '@' | '+'))
+    if !bytes
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':' | b'@' | b'+'))
     {
         return Some("it has a character other than ASCII letters, digits and `_ . - : @ +`");
     }

@@ -58,7 +58,9 @@ impl StateRow {
         let Some(any) = resulting_state else {
             return Err(InvalidInput::MissingState { persistence_id });
         };
-        let (state_manifest, state_payload) = if is_json_name(&any.type_url) {
+        // No JSON name has a `/`, so a standard type URL needs no JSON check.
+        let json = !any.type_url.starts_with(TYPE_URL_PREFIX) && is_json_name(&any.type_url);
+        let (state_manifest, state_payload) = if json {
             // A JSON state, laid out alike in both formats: no Go reader could decode its
             // payload anyway, and its name cannot be mistaken for a protobuf manifest.
             (any.type_url, any.value)
