@@ -17,6 +17,10 @@ use lru::LruCache;
 use crate::behavior::DurableStateBehavior;
 use crate::entity::{DurableEntity, Passivate};
 
+/// How many of the least recently used live entities are looked at for an idle one when room
+/// must be made.
+const IDLE_SCAN: usize = 64;
+
 /// Delivers one waiting command to the next incarnation.
 pub(super) type Waiter<B> = Box<dyn FnOnce(&Incarnation<B>) + Send>;
 
@@ -196,13 +200,16 @@ impl<B: DurableStateBehavior> Table<B> {
 
     /// Passivates the least recently used live entity that holds no message (one that does
     /// makes room only once its commands are answered, which may wait for the very entity
-    /// that needs the room); if every live entity is busy, the least recently used one. False
-    /// if none is live.
+    /// that needs the room), among the [`IDLE_SCAN`] least recently used; if those are all
+    /// busy, the least recently used one. False if none is live.
     pub(super) fn passivate_for_room(&mut self) -> bool {
+        // Only the least recently used few are looked at: the scan runs under the registry's
+        // lock, once per id waiting for room, and must not grow with `max_live`.
         let idle = self
             .live
             .iter()
             .rev()
+            .take(IDLE_SCAN)
             .find(|(_, live)| live.actor.is_idle())
             .map(|(id, _)| id.clone());
         match idle {
