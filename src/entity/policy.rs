@@ -60,6 +60,10 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The longest pause between two tries, whatever a policy says: `Duration::mul_f64` panics on
+/// a product beyond `Duration::MAX`, and a pause of an hour already means "stuck".
+const LONGEST_PAUSE: Duration = Duration::from_secs(3600);
+
 /// How an entity retries loading its state when it starts.
 ///
 /// Transient failures (database unreachable, pool timeout, broken connection) are retried with
@@ -77,7 +81,7 @@ pub struct RecoveryPolicy {
     pub attempts: u32,
     /// Wait after the first failed try.
     pub initial_backoff: Duration,
-    /// Longest wait between tries.
+    /// Longest wait between tries (at most an hour is ever waited).
     pub max_backoff: Duration,
 }
 
@@ -88,7 +92,8 @@ impl RecoveryPolicy {
         let backoff = self
             .initial_backoff
             .saturating_mul(2u32.saturating_pow(tried.saturating_sub(1)))
-            .min(self.max_backoff);
+            .min(self.max_backoff)
+            .min(LONGEST_PAUSE);
         backoff.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
     }
 }
@@ -127,7 +132,7 @@ pub struct ConflictPolicy {
     pub attempts: u32,
     /// Longest pause before the second decision.
     pub initial_backoff: Duration,
-    /// Longest pause between two decisions.
+    /// Longest pause between two decisions (at most an hour is ever waited).
     pub max_backoff: Duration,
 }
 
@@ -155,6 +160,7 @@ impl ConflictPolicy {
         self.initial_backoff
             .saturating_mul(2u32.saturating_pow(tried.saturating_sub(1)))
             .min(self.max_backoff)
+            .min(LONGEST_PAUSE)
             .mul_f64(jitter.clamp(0.0, 1.0))
     }
 }
@@ -202,6 +208,21 @@ mod tests {
         assert_eq!(us(policy.backoff(3, 1.0)), 4_000);
         assert_eq!(us(policy.backoff(30, 1.0)), 50_000);
         assert_eq!(ConflictPolicy::fail_fast().attempts, 1);
+        let endless = ConflictPolicy {
+            attempts: 3,
+            initial_backoff: Duration::MAX,
+            max_backoff: Duration::MAX,
+        };
+        assert_eq!(
+            endless.backoff(2, 0.999_999),
+            LONGEST_PAUSE.mul_f64(0.999_999)
+        );
+        let recovery = RecoveryPolicy {
+            attempts: 3,
+            initial_backoff: Duration::MAX,
+            max_backoff: Duration::MAX,
+        };
+        assert!(recovery.backoff(2, 1.0) <= LONGEST_PAUSE);
     }
 
     #[test]
