@@ -50,6 +50,16 @@ pub struct Account {
     overdraft_cents: i64,
 }
 
+impl Account {
+    /// The account `id`, with no overdraft.
+    pub fn new(id: &str) -> Self {
+        Account {
+            id: id.to_owned(),
+            overdraft_cents: 0,
+        }
+    }
+}
+
 impl DurableStateBehavior for Account {
     type State = AccountState;
     fn persistence_id(&self) -> &str {
@@ -245,12 +255,9 @@ fn accounts(
     store: &DurableStore,
     max_live: usize,
 ) -> Result<EntityRegistry<Account>, durablestore_postgres::Error> {
-    EntityRegistry::builder(store.clone(), |id: &str| Account {
-        id: id.to_owned(),
-        overdraft_cents: 0,
-    })
-    .max_live(max_live)
-    .start()
+    EntityRegistry::builder(store.clone(), Account::new)
+        .max_live(max_live)
+        .start()
 }
 
 /// The acknowledged history of each account: balance by version. A version acknowledged twice

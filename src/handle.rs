@@ -99,7 +99,31 @@ impl DurableStore {
     /// Writes the latest state of one entity: see [`WriteState`](crate::WriteState) for the
     /// version rule, the outcomes and the errors.
     pub async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
-        ask(|reply| self.engine.write(state, reply)).await
+        ask(|reply| self.engine.write(state, None, reply)).await
+    }
+
+    /// Writes a state fenced by an ownership epoch: committed only while `epoch` is the id's
+    /// current claim (see the registry's ownership).
+    pub(crate) async fn write_fenced(
+        &self,
+        state: DurableState,
+        epoch: i64,
+    ) -> Result<WriteOutcome, Error> {
+        ask(|reply| self.engine.write(state, Some(epoch), reply)).await
+    }
+
+    /// Deletes fenced by an ownership epoch, as [`DurableStore::write_fenced`] writes.
+    pub(crate) async fn delete_fenced(
+        &self,
+        persistence_id: String,
+        version: u64,
+        epoch: i64,
+    ) -> Result<WriteOutcome, Error> {
+        ask(|reply| {
+            self.engine
+                .delete(persistence_id, version, Some(epoch), reply)
+        })
+        .await
     }
 
     /// Reads the latest state of one entity: `None` when it has none or was deleted. See
@@ -127,7 +151,7 @@ impl DurableStore {
         version: u64,
     ) -> Result<WriteOutcome, Error> {
         let id = persistence_id.into();
-        ask(|reply| self.engine.delete(id, version, reply)).await
+        ask(|reply| self.engine.delete(id, version, None, reply)).await
     }
 
     /// Removes the tombstones older than `older_than`; how many. See
@@ -260,6 +284,11 @@ impl DurableStore {
     /// The engine, for the store actor to hand requests to.
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The checked configuration the store runs with.
+    pub(crate) fn checked(&self) -> &Checked {
+        &self.checked
     }
 }
 

@@ -96,7 +96,7 @@ pub use crate::messages::{
     ListPersistenceIds, Ping, PurgeDeleted, Revision, WriteOutcome, WriteState,
 };
 pub use crate::publish::StateChanged;
-pub use crate::registry::{EntityRegistry, RegistryBuilder, RegistryStats};
+pub use crate::registry::{EntityRegistry, Ownership, RegistryBuilder, RegistryStats};
 pub use crate::state::{DurableState, MAX_PERSISTENCE_ID_LEN, RowFormat};
 pub use crate::store::{DurableStoreActor, Enqueue, Queued};
 pub use crate::tls::{PoolTls, SslMode};

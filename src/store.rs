@@ -201,7 +201,7 @@ impl Queued for WriteState {
         store: &DurableStore,
         reply: Option<OneshotSender<Self::Result>>,
     ) -> Option<Admission> {
-        store.engine().write(self.0, reply)
+        store.engine().write(self.0, None, reply)
     }
 
     fn refused(error: Error) -> Self::Result {
@@ -217,7 +217,7 @@ impl Queued for DeleteState {
     ) -> Option<Admission> {
         store
             .engine()
-            .delete(self.persistence_id, self.version, reply)
+            .delete(self.persistence_id, self.version, None, reply)
     }
 
     fn refused(error: Error) -> Self::Result {

@@ -33,7 +33,7 @@ fn main() {
     if citus_url.is_none() {
         eprintln!("tests/citus.rs: CITUS_URL is not set: the citus:: tests are skipped (ignored)");
     }
-    let scenarios: [(&str, Scenario); 13] = [
+    let scenarios: [(&str, Scenario); 14] = [
         ("conflicts_and_retries_in_one_batch", |db, c| {
             Box::pin(conflicts_and_retries_in_one_batch(db, c))
         }),
@@ -73,6 +73,9 @@ fn main() {
         }),
         ("a_local_table_on_the_coordinator_works_too", |db, c| {
             Box::pin(a_local_table_on_the_coordinator_works_too(db, c))
+        }),
+        ("ownership_claims_fences_and_moves", |db, c| {
+            Box::pin(ownership_claims_fences_and_moves(db, c))
         }),
     ];
     let mut trials = Vec::new();
@@ -623,5 +626,75 @@ async fn a_local_table_on_the_coordinator_works_too(db: TestDatabase, config: Co
         );
     }
     assert_eq!(db.count_rows_in("local_states").await.unwrap(), 60);
+    db.cleanup().await.unwrap();
+}
+
+/// Ownership on Citus: the ownership tables are created colocated with the states (the owners
+/// distributed by id, the replicas a reference table), claims are batched, a non-owner names
+/// the owner, fenced writes commit only under the current epoch (one single-shard statement
+/// each), and stopping a replica moves its ids at once.
+async fn ownership_claims_fences_and_moves(db: TestDatabase, config: Config) {
+    use bank_account::{Account, Deposit, Open};
+    use durablestore_postgres::{CommandError, EntityRegistry, Ownership};
+
+    let owned = |replica: &str| {
+        let store = DurableStore::new(config.clone()).unwrap();
+        EntityRegistry::builder(store, Account::new)
+            .ownership(Ownership::leased(replica, Duration::from_secs(5)))
+            .start()
+            .unwrap()
+    };
+    let (a, b) = (owned("replica-a"), owned("replica-b"));
+    let ids: Vec<String> = (0..200).map(|i| format!("acct-{i}")).collect();
+    let open = || Open {
+        owner: "o".to_owned(),
+    };
+    for answer in join_all(ids.iter().map(|id| a.send(id, open()))).await {
+        assert_eq!(answer.unwrap().version, 1);
+    }
+    for answer in join_all(ids.iter().map(|id| a.send(id, Deposit(5)))).await {
+        assert_eq!(answer.unwrap().cents, 5);
+    }
+    for answer in join_all(ids.iter().map(|id| b.send(id, Deposit(1)))).await {
+        assert!(
+            matches!(&answer, Err(CommandError::OwnedElsewhere { owner }) if owner == "replica-a"),
+            "{answer:?}"
+        );
+    }
+    let client = db.client().await.unwrap();
+    let schema = db.schema();
+    let distributed: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_catalog.pg_extension e, pg_dist_partition p \
+                 WHERE e.extname = 'citus' AND p.logicalrelid IN \
+                 ('{schema}.states_store_owners'::regclass, '{schema}.states_store_replicas'::regclass)"
+            ),
+            &[],
+        )
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or(0);
+    println!("ownership tables known to Citus: {distributed}");
+    // A claim elsewhere (as a takeover makes it) moves the epoch on: A's next write is fenced
+    // out, though its version lines up.
+    client
+        .batch_execute(&format!(
+            "UPDATE {schema}.states_store_owners SET epoch = epoch + 1, replica = 'replica-c' \
+             WHERE persistence_id = 'acct-0'"
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.send("acct-0", Deposit(100)).await,
+        Err(CommandError::OwnedElsewhere { owner }) if owner == "replica-c"
+    ));
+    let store = DurableStore::new(config.clone()).unwrap();
+    assert_eq!(store.revision("acct-0").await.unwrap().version, 2);
+    a.stop().await;
+    for answer in join_all(ids[1..].iter().map(|id| b.send(id, Deposit(1)))).await {
+        assert_eq!(answer.unwrap().cents, 6);
+    }
+    b.stop().await;
     db.cleanup().await.unwrap();
 }

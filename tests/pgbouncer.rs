@@ -609,3 +609,45 @@ async fn measure_the_cost_of_transaction_pooling() {
     }
     db.cleanup().await.unwrap();
 }
+
+/// Ownership through pgBouncer in transaction mode: claims, fenced writes and the lease go
+/// through it as they do straight to the server (each an unnamed statement of its own
+/// transaction): a non-owner names the owner, forwarding applies the command, and stopping
+/// the owner moves its ids at once.
+#[actix::test]
+async fn ownership_works_through_pgbouncer_in_transaction_mode() {
+    use common::bank::{Account, Deposit};
+    use durablestore_postgres::{CommandError, DurableStore, EntityRegistry, Ownership};
+
+    let Some((db, bouncer)) = setup().await else {
+        return;
+    };
+    open_every_server_connection(&bouncer).await;
+    let owned = |replica: &str| {
+        let store = DurableStore::new(through(&bouncer, &db)).unwrap();
+        EntityRegistry::builder(store, |id: &str| Account { id: id.into() })
+            .ownership(Ownership::leased(replica, Duration::from_secs(2)))
+            .start()
+            .unwrap()
+    };
+    let (a, b) = (owned("replica-a"), owned("replica-b"));
+    let ids: Vec<String> = (0..20).map(|i| format!("acct-{i}")).collect();
+    for answer in join_all(ids.iter().map(|id| a.send(id, Deposit(3)))).await {
+        assert_eq!(answer.unwrap(), (3, 1));
+    }
+    for answer in join_all(ids.iter().map(|id| b.send(id, Deposit(1)))).await {
+        assert!(
+            matches!(&answer, Err(CommandError::OwnedElsewhere { owner }) if owner == "replica-a"),
+            "{answer:?}"
+        );
+    }
+    for answer in join_all(ids.iter().map(|id| a.send(id, Deposit(1)))).await {
+        assert_eq!(answer.unwrap(), (4, 2));
+    }
+    a.stop().await;
+    for answer in join_all(ids.iter().map(|id| b.send(id, Deposit(1)))).await {
+        assert_eq!(answer.unwrap(), (5, 3));
+    }
+    b.stop().await;
+    db.cleanup().await.unwrap();
+}

@@ -397,13 +397,34 @@ pub enum CommandError<E> {
     /// this registry will not help.
     #[error("the entity registry is stopped; the command was not delivered")]
     RegistryStopped,
+    /// The entity is owned by another replica of the service (a registry with
+    /// [`RegistryBuilder::ownership`](crate::RegistryBuilder::ownership)): nothing of the
+    /// command was applied here. Send it to `owner`, the replica name the owner registered
+    /// with (for example its URL). When the database names no owner any more (the id was
+    /// released in between), `owner` is this replica itself: sending again here claims it.
+    #[error("the entity is owned by replica `{owner}`; the command was not applied here")]
+    OwnedElsewhere {
+        /// The owning replica's name.
+        owner: String,
+    },
+    /// This replica could not renew its ownership lease in time (the database unreachable or
+    /// too slow), so it stopped its entities before the lease could run out: nothing of the
+    /// command was applied. Send it again later (here, once the lease is renewed, or to the
+    /// replica that takes the entity over).
+    #[error(
+        "this replica's ownership lease could not be renewed in time; the command was not applied"
+    )]
+    LeaseLost,
 }
 
 impl<E> CommandError<E> {
     /// The store error behind this failure, if it is not a domain rejection.
     pub fn store_error(&self) -> Option<&Error> {
         match self {
-            CommandError::Rejected(_) | CommandError::RegistryStopped => None,
+            CommandError::Rejected(_)
+            | CommandError::RegistryStopped
+            | CommandError::OwnedElsewhere { .. }
+            | CommandError::LeaseLost => None,
             CommandError::Conflict(e) | CommandError::Store(e) | CommandError::Recovery(e) => {
                 Some(e)
             }

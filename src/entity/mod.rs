@@ -1,5 +1,6 @@
 //! The actor that runs a [`DurableStateBehavior`]: recovery, persistence, conflicts.
 
+mod owned;
 mod persist;
 mod policy;
 mod recovery;
@@ -18,6 +19,7 @@ use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
 use crate::error::Error;
 use crate::publish::Publish;
 
+pub(crate) use self::owned::{Claims, Owned};
 pub use self::policy::{ConflictPolicy, RecoveryPolicy, Sharding};
 pub use self::state_store::StateStore;
 
@@ -77,6 +79,8 @@ pub struct DurableEntity<B: DurableStateBehavior> {
     busy: Option<Arc<AtomicUsize>>,
     /// Where a registry counts the decisions made again after a conflict.
     conflict_retries: Option<Arc<AtomicU64>>,
+    /// With a registry's ownership: the claim on the id, and whether it is lost.
+    owned: Option<Owned>,
 }
 
 /// A callback run once, when dropped.
@@ -120,7 +124,15 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             on_drop: None,
             busy: None,
             conflict_retries: None,
+            owned: None,
         }
+    }
+
+    /// Runs the entity only while its id is this replica's: claimed through `claims` before
+    /// it loads, written fenced by the claim's epoch, released when it stops.
+    pub(crate) fn owned_by(mut self, claims: Arc<dyn Claims>) -> Self {
+        self.owned = Some(Owned::new(claims));
+        self
     }
 
     /// Counts, in `busy`, the messages a registry routed to this incarnation and it has not
@@ -195,6 +207,12 @@ impl<B: DurableStateBehavior> Actor for DurableEntity<B> {
         // `wait` holds the mailbox until recovery is over: commands queue, none is handled
         // against the initial state by mistake.
         ctx.wait(recover_with_retries(self, 1));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Some(owned) = &mut self.owned {
+            owned.release(self.behavior.persistence_id());
+        }
     }
 }
 
@@ -287,6 +305,15 @@ impl<B: DurableStateBehavior> Handler<GetState<B::State>> for DurableEntity<B> {
     type Result = AtomicResponse<Self, Result<(B::State, u64), Error>>;
 
     fn handle(&mut self, _: GetState<B::State>, _ctx: &mut Self::Context) -> Self::Result {
+        let id = self.behavior.persistence_id();
+        let refused = self.owned.as_mut().and_then(|owned| {
+            let refusal = owned.check(id)?;
+            Some(refusal.error(id, owned.claims.replica()))
+        });
+        if let Some(error) = refused {
+            self.done();
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(error))));
+        }
         AtomicResponse::new(Box::pin(self.ensure_recovered().map(
             |recovered, entity, _ctx| {
                 entity.done();

@@ -29,6 +29,12 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         B: HandleCommandAsync<C>,
         C: Clone + 'static,
     {
+        // An owned entity decides only while its id is this replica's.
+        if let Some(owned) = &mut self.owned {
+            if let Some(refusal) = owned.check(self.behavior.persistence_id()) {
+                return Box::pin(fut::ready(Err(refusal.command_error())));
+            }
+        }
         // The usual case, recovered already, goes straight to the decision: no future is
         // built (nor allocated) for a recovery that has nothing to do.
         if self.current.is_some() {
@@ -38,7 +44,14 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             self.ensure_recovered()
                 .then(move |recovered, entity, _ctx| match recovered {
                     Ok(()) => entity.decide(command, tried),
-                    Err(error) => Box::pin(fut::ready(Err(CommandError::Recovery(error)))),
+                    Err(error) => {
+                        let refused = entity.owned.as_ref().and_then(|o| o.refused.clone());
+                        let answer = match refused {
+                            Some(refusal) => refusal.command_error(),
+                            None => CommandError::Recovery(error),
+                        };
+                        Box::pin(fut::ready(Err(answer)))
+                    }
                 }),
         )
     }
@@ -121,11 +134,27 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             },
             Ok(Effect::Delete { reply }) => (None, Change::Delete(id.to_owned()), reply),
         };
+        // An owned entity's write carries its claim's epoch: it commits only while that claim
+        // is the id's current one.
+        let epoch = match &self.owned {
+            None => None,
+            Some(owned) => match owned.epoch {
+                Some(epoch) => Some(epoch),
+                // Never so after a recovery, which claims first; refused rather than unfenced.
+                None => {
+                    let error = Error::NotOwner {
+                        persistence_id: id.to_owned(),
+                        owner: None,
+                    };
+                    return Either::Left(fut::ready(Err(CommandError::Store(error))));
+                }
+            },
+        };
         let store = self.store.clone();
         let write = async move {
             match change {
-                Change::Write(durable) => store.write(durable).await,
-                Change::Delete(id) => store.delete(id, next).await,
+                Change::Write(durable) => store.write_fenced(durable, epoch).await,
+                Change::Delete(id) => store.delete_fenced(id, next, epoch).await,
             }
         };
         Either::Right(write.into_actor(self).then(move |stored, entity, _| {
@@ -149,6 +178,15 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                 Ok(WriteOutcome::AlreadyStored) => None,
                 Err(conflict @ Error::VersionConflict { .. }) => Some(conflict),
                 Err(error) => {
+                    let refused = entity.owned.as_mut().and_then(|owned| {
+                        let refusal = owned.refusal_of(&error)?;
+                        owned.refuse(entity.behavior.persistence_id(), refusal.clone());
+                        Some(refusal)
+                    });
+                    if let Some(refusal) = refused {
+                        // Fenced out: nothing was written, and another replica has the id.
+                        return Either::Left(fut::ready(Err(refusal.command_error())));
+                    }
                     if error.outcome_unknown() {
                         // The write may have been applied: the state in memory may be
                         // stale, so it is read again before the next command.

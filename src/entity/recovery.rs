@@ -8,15 +8,63 @@ use super::DurableEntity;
 use super::persist::current;
 use crate::behavior::DurableStateBehavior;
 use crate::error::Error;
+use crate::repository::Claimed;
+
+/// What a load found: the epoch of the claim it made (an owned entity not yet claimed claims
+/// its id first), and the state and version.
+type Loaded<S> = (Option<i64>, Result<(S, u64), Error>);
 
 impl<B: DurableStateBehavior> DurableEntity<B> {
     /// Reads and decodes the stored state: the initial state at version 0 when there is none,
-    /// and at the tombstone's version when the entity was deleted.
-    fn load(&self) -> impl std::future::Future<Output = Result<(B::State, u64), Error>> + 'static {
+    /// and at the tombstone's version when the entity was deleted. An owned entity without a
+    /// claim claims its id first: the read then sees every write of earlier owners, since
+    /// one of an older epoch can no longer commit.
+    fn load(&self) -> impl std::future::Future<Output = Loaded<B::State>> + 'static {
         let store = self.store.clone();
         let id = self.behavior.persistence_id().to_owned();
         let initial = self.behavior.initial_state();
-        async move { current::<B>(store.revision(id).await?, || initial) }
+        let claim = self
+            .owned
+            .as_ref()
+            .filter(|owned| owned.epoch.is_none())
+            .map(|owned| owned.claims.claim(&id));
+        async move {
+            let epoch = match claim {
+                None => None,
+                Some(claim) => match claim.await {
+                    Ok(Claimed::Owned { epoch }) => Some(epoch),
+                    Ok(Claimed::Elsewhere { owner }) => {
+                        let refused = Error::NotOwner {
+                            persistence_id: id,
+                            owner,
+                        };
+                        return (None, Err(refused));
+                    }
+                    Err(error) => return (None, Err(error)),
+                },
+            };
+            let loaded = match store.revision(id).await {
+                Ok(revision) => current::<B>(revision, || initial),
+                Err(error) => Err(error),
+            };
+            (epoch, loaded)
+        }
+    }
+
+    /// Takes what a load found: the claim's epoch, and the state or why there is none (an id
+    /// that is not this replica's to run is refused from now on).
+    fn loaded(&mut self, (epoch, loaded): Loaded<B::State>) -> Result<(), Error> {
+        if let Some(owned) = &mut self.owned {
+            if epoch.is_some() {
+                owned.epoch = epoch;
+            }
+            if let Err(error) = &loaded {
+                if let Some(refusal) = owned.refusal_of(error) {
+                    owned.refuse(self.behavior.persistence_id(), refusal);
+                }
+            }
+        }
+        loaded.map(|current| self.current = Some(current))
     }
 
     /// Makes sure the entity has its state, trying once to load it if not.
@@ -27,8 +75,15 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         Box::pin(
             self.load()
                 .into_actor(self)
-                .map(|loaded, entity, _| loaded.map(|current| entity.current = Some(current))),
+                .map(|loaded, entity, _| entity.loaded(loaded)),
         )
+    }
+
+    /// Whether the entity has been refused its id (owned elsewhere, or the lease lost).
+    fn refused(&self) -> bool {
+        self.owned
+            .as_ref()
+            .is_some_and(|owned| owned.refused.is_some())
     }
 }
 
@@ -43,12 +98,12 @@ pub(super) fn recover_with_retries<B: DurableStateBehavior>(
             .load()
             .into_actor(entity)
             .then(move |loaded, entity, _ctx| {
+                let loaded = entity.loaded(loaded);
                 let policy = &entity.recovery;
                 match loaded {
-                    Ok(current) => {
-                        entity.current = Some(current);
-                        Box::pin(fut::ready(())) as ResponseActFuture<DurableEntity<B>, ()>
-                    }
+                    Ok(()) => Box::pin(fut::ready(())) as ResponseActFuture<DurableEntity<B>, ()>,
+                    // Not this replica's id: every command is answered so, nothing to retry.
+                    Err(_) if entity.refused() => Box::pin(fut::ready(())),
                     Err(error) if error.is_transient() && tried < policy.attempts => {
                         let backoff = policy.backoff(tried, fastrand::f64());
                         tracing::warn!(

@@ -89,6 +89,44 @@ impl StateStore {
         }
     }
 
+    /// Writes a state fenced by an ownership epoch (`None`: as [`StateStore::write`]). Only a
+    /// [`DurableStore`] handle can fence; a registry with ownership refuses any other store.
+    pub(crate) async fn write_fenced(
+        &self,
+        state: DurableState,
+        epoch: Option<i64>,
+    ) -> Result<WriteOutcome, Error> {
+        match (&self.0, epoch) {
+            (_, None) => self.write(state).await,
+            (Route::Direct(store), Some(epoch)) => store.write_fenced(state, epoch).await,
+            (Route::Mailbox(_), Some(_)) => Err(no_fence()),
+        }
+    }
+
+    /// Deletes fenced by an ownership epoch, as [`StateStore::write_fenced`] writes.
+    pub(crate) async fn delete_fenced(
+        &self,
+        persistence_id: String,
+        version: u64,
+        epoch: Option<i64>,
+    ) -> Result<WriteOutcome, Error> {
+        match (&self.0, epoch) {
+            (_, None) => self.delete(persistence_id, version).await,
+            (Route::Direct(store), Some(epoch)) => {
+                store.delete_fenced(persistence_id, version, epoch).await
+            }
+            (Route::Mailbox(_), Some(_)) => Err(no_fence()),
+        }
+    }
+
+    /// The PostgreSQL store behind this one, if it is a [`DurableStore`] handle.
+    pub(crate) fn durable(&self) -> Option<&DurableStore> {
+        match &self.0 {
+            Route::Direct(store) => Some(store),
+            Route::Mailbox(_) => None,
+        }
+    }
+
     /// Deletes the state at `version`, as [`StateStore::write`] writes one.
     pub async fn delete(
         &self,
@@ -125,4 +163,13 @@ impl StateStore {
     pub async fn get(&self, persistence_id: String) -> Result<Option<DurableState>, Error> {
         Ok(self.revision(persistence_id).await?.state)
     }
+}
+
+/// The error of a fenced write through a store that cannot fence.
+fn no_fence() -> Error {
+    Error::InvalidConfig(
+        "ownership needs a DurableStore handle as the registry's store (an actor's mailbox \
+         cannot carry the fence)"
+            .to_owned(),
+    )
 }

@@ -170,6 +170,31 @@ pub enum Error {
         source: JsonError,
     },
 
+    /// The write was fenced out: it carried the ownership epoch of a claim on the id that is no
+    /// longer current, because another replica claimed the id since (`owner`), or it was
+    /// released (`owner` is `None`). Nothing was written, and nothing of an older epoch ever
+    /// commits after a newer claim (see
+    /// [`RegistryBuilder::ownership`](crate::RegistryBuilder::ownership)). An entity answers
+    /// it as [`CommandError::OwnedElsewhere`](crate::CommandError::OwnedElsewhere) and stops.
+    #[error(
+        "`{persistence_id}` is no longer owned by this replica (owner now: {owner:?}); nothing was written"
+    )]
+    NotOwner {
+        /// The entity whose write was fenced out.
+        persistence_id: String,
+        /// The replica that owns it now, if any.
+        owner: Option<String>,
+    },
+
+    /// The replica could not renew its ownership lease in time (the database was unreachable
+    /// or too slow), so it stopped its entities before the lease could run out: nothing of the
+    /// command was applied. Transient: once a renewal succeeds, entities start again.
+    #[error("replica `{replica}` could not renew its ownership lease in time; nothing was applied")]
+    LeaseLost {
+        /// This replica's name.
+        replica: String,
+    },
+
     /// A [`DurableStore`](crate::DurableStore) was created outside a Tokio runtime, which its
     /// batching workers need. Create it inside `#[tokio::main]`, `#[actix::main]` or a task.
     #[error("a durable store must be created inside a Tokio runtime")]
@@ -299,6 +324,7 @@ impl Error {
             | Error::Timeout { .. }
             | Error::Unavailable { .. }
             | Error::NotConnected
+            | Error::LeaseLost { .. }
             | Error::Interrupted => true,
             Error::Database { source } => {
                 source.connection_lost()

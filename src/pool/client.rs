@@ -115,6 +115,12 @@ impl PooledClient {
         })
     }
 
+    /// Gives up on the statement in flight (its caller stopped waiting for it): the connection
+    /// is never used again, and the statement is cancelled on the server when it is dropped.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
     /// The error a statement on this connection gets once the client gave up on an earlier one
     /// (a client-side timeout): [`Error::Timeout`]; `None` while the connection is usable.
     pub(crate) fn abandoned_error(&self) -> Option<Error> {

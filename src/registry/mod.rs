@@ -8,25 +8,28 @@
 //! is passivating with the commands that wait for its successor, or the commands that wait for
 //! room under `max_live` before the entity starts.
 
+mod builder;
+mod lease;
+mod ownership;
 mod shared;
 mod table;
 
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use actix::{ArbiterHandle, Message, Recipient};
-use tokio::sync::Notify;
+use actix::{Message, Recipient};
 
-use self::shared::{Shared, sweep_idle};
+pub use self::builder::RegistryBuilder;
+pub use self::ownership::Ownership;
+use self::shared::Shared;
 use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
 use crate::entity::{ConflictPolicy, GetState, RecoveryPolicy, Sharding, StateStore};
 use crate::error::Error;
-use crate::publish::{StateChanged, Subscribers};
-use crate::registry::table::Table;
+use crate::publish::StateChanged;
 
 /// How a registry makes a behavior for an id.
 type Factory<B> = dyn Fn(&str) -> B + Send + Sync;
@@ -150,156 +153,6 @@ pub struct RegistryStats {
     pub conflict_retries: u64,
 }
 
-/// Settings of an [`EntityRegistry`], consumed by [`RegistryBuilder::start`].
-pub struct RegistryBuilder<B: DurableStateBehavior> {
-    store: StateStore,
-    factory: Box<Factory<B>>,
-    sharding: Sharding,
-    recovery: RecoveryPolicy,
-    conflicts: ConflictPolicy,
-    idle_timeout: Option<Duration>,
-    max_live: usize,
-    max_activation_wait: Duration,
-    arbiter: Option<ArbiterHandle>,
-}
-
-impl<B: DurableStateBehavior> fmt::Debug for RegistryBuilder<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryBuilder")
-            .field("store", &self.store)
-            .field("sharding", &self.sharding)
-            .field("recovery", &self.recovery)
-            .field("conflicts", &self.conflicts)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("max_live", &self.max_live)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<B: DurableStateBehavior> RegistryBuilder<B>
-where
-    B::State: Send,
-{
-    /// How long an entity may go without a command before it is passivated; `None` keeps
-    /// entities until `max_live` or [`EntityRegistry::stop`] passivates them. Idle entities are
-    /// found by a sweep every eighth of the timeout (at most every 15 s), so one is passivated
-    /// between `idle_timeout` and two sweeps later.
-    ///
-    /// Defaults to [`EntityRegistry::DEFAULT_IDLE_TIMEOUT`] (2 minutes, as Akka's default).
-    /// `Some(Duration::ZERO)` is refused by [`RegistryBuilder::start`]: there is no entity
-    /// idle for no time at all (say `None` to never passivate idle entities).
-    #[must_use]
-    pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
-        self.idle_timeout = idle_timeout;
-        self
-    }
-
-    /// The most entity actors alive at once, live and passivating together. A command for an
-    /// entity that is not live when there is no room waits: the least recently used idle
-    /// entity (one with no command in flight) is passivated, or the least recently used one
-    /// when all are busy, and once it has stopped, the entity that has waited longest starts.
-    /// A busy entity may be waiting for the very entity that needs its room (an entity asking
-    /// another): an id that waited [`max_activation_wait`](RegistryBuilder::max_activation_wait)
-    /// starts beyond `max_live`, counted in [`RegistryStats::over_limit`]. At least 1 (0 is
-    /// taken as 1).
-    ///
-    /// Defaults to [`EntityRegistry::DEFAULT_MAX_LIVE`] (100,000).
-    #[must_use]
-    pub fn max_live(mut self, max_live: usize) -> Self {
-        self.max_live = max_live.max(1);
-        self
-    }
-
-    /// How long a command for an entity that is not live may wait for room under `max_live`
-    /// before the entity starts beyond it: the bound that keeps an entity asking another of the
-    /// same registry from waiting forever when every live entity is busy.
-    ///
-    /// Defaults to [`EntityRegistry::DEFAULT_MAX_ACTIVATION_WAIT`] (2 s).
-    #[must_use]
-    pub fn max_activation_wait(mut self, wait: Duration) -> Self {
-        self.max_activation_wait = wait;
-        self
-    }
-
-    /// How entities shard their written states.
-    ///
-    /// Defaults to [`Sharding::default`].
-    #[must_use]
-    pub fn sharding(mut self, sharding: Sharding) -> Self {
-        self.sharding = sharding;
-        self
-    }
-
-    /// How entities retry recovery when they start.
-    ///
-    /// Defaults to [`RecoveryPolicy::default`].
-    #[must_use]
-    pub fn recovery(mut self, policy: RecoveryPolicy) -> Self {
-        self.recovery = policy;
-        self
-    }
-
-    /// How entities decide a command again when its write conflicts (another replica, or an
-    /// incarnation elsewhere, wrote first).
-    ///
-    /// Defaults to [`ConflictPolicy::default`]: up to 10 decisions per command.
-    #[must_use]
-    pub fn conflicts(mut self, policy: ConflictPolicy) -> Self {
-        self.conflicts = policy.at_least_one_decision();
-        self
-    }
-
-    /// The arbiter the entity actors run on.
-    ///
-    /// Defaults to the arbiter [`RegistryBuilder::start`] is called on.
-    #[must_use]
-    pub fn arbiter(mut self, arbiter: ArbiterHandle) -> Self {
-        self.arbiter = Some(arbiter);
-        self
-    }
-
-    /// Starts the registry (no entity yet: they start on first use).
-    ///
-    /// # Errors
-    /// [`Error::NoRuntime`] when no arbiter was given and this is not called on an actix
-    /// arbiter's thread (inside `#[actix::main]`, `#[actix::test]`, `System::new().block_on`
-    /// or an `Arbiter`); [`Error::InvalidConfig`] for an idle timeout of zero.
-    pub fn start(self) -> Result<EntityRegistry<B>, Error> {
-        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(Error::InvalidConfig(
-                "idle_timeout of zero: say None to never passivate idle entities, or give a \
-                 positive duration"
-                    .to_owned(),
-            ));
-        }
-        let arbiter = match self.arbiter {
-            Some(arbiter) => arbiter,
-            None => actix::Arbiter::try_current().ok_or(Error::NoRuntime)?,
-        };
-        let shared = Arc::new(Shared {
-            arbiter,
-            factory: self.factory,
-            store: self.store,
-            sharding: self.sharding,
-            recovery: self.recovery,
-            conflicts: self.conflicts,
-            max_live: self.max_live,
-            max_activation_wait: self.max_activation_wait,
-            conflict_retries: Arc::new(AtomicU64::new(0)),
-            subscribers: Arc::new(Subscribers::default()),
-            table: Mutex::new(Table::default()),
-            all_stopped: Notify::new(),
-        });
-        if let Some(idle_timeout) = self.idle_timeout {
-            let sweep = sweep_idle(Arc::downgrade(&shared), idle_timeout);
-            if !shared.arbiter.spawn(sweep) {
-                return Err(Error::NoRuntime);
-            }
-        }
-        Ok(EntityRegistry { shared })
-    }
-}
-
 impl<B: DurableStateBehavior> EntityRegistry<B>
 where
     B::State: Send,
@@ -335,6 +188,7 @@ where
             max_live: Self::DEFAULT_MAX_LIVE,
             max_activation_wait: Self::DEFAULT_MAX_ACTIVATION_WAIT,
             arbiter: None,
+            ownership: None,
         }
     }
 
@@ -384,6 +238,10 @@ where
         async move {
             match routed.reply().await {
                 Ok(Ok(current)) => Ok(current),
+                Ok(Err(Error::NotOwner {
+                    owner: Some(owner), ..
+                })) => Err(CommandError::OwnedElsewhere { owner }),
+                Ok(Err(Error::LeaseLost { .. })) => Err(CommandError::LeaseLost),
                 Ok(Err(error)) => Err(CommandError::Recovery(error)),
                 Err(undelivered) => Err(undelivered.into()),
             }
@@ -394,6 +252,13 @@ where
     /// then stops; later commands go to a new incarnation. Returns whether it was live.
     pub fn passivate(&self, id: &str) -> bool {
         self.shared.lock().passivate_id(id)
+    }
+
+    /// Whether the entity `id` is live in this registry now: its actor takes commands (it may
+    /// still be starting). With [`RegistryBuilder::ownership`], a live entity whose claim
+    /// failed stops at once.
+    pub fn is_live(&self, id: &str) -> bool {
+        self.shared.lock().is_live(id)
     }
 
     /// Publishes a [`StateChanged`] to `subscriber` after each state an entity of this registry
@@ -424,7 +289,9 @@ where
     /// [`CommandError::RegistryStopped`], as do commands still waiting for an entity to
     /// restart; every live entity is passivated after the commands already in its mailbox. The
     /// returned future resolves once every entity actor has stopped (stopping starts even if
-    /// it is not awaited). Every clone of the handle sees the registry stopped.
+    /// it is not awaited) and, with [`RegistryBuilder::ownership`], the replica name was given
+    /// up, so that other replicas claim its ids at once. Every clone of the handle sees the
+    /// registry stopped.
     pub fn stop(&self) -> impl Future<Output = ()> + use<B> {
         let shared = Arc::clone(&self.shared);
         shared.lock().stop();
@@ -433,9 +300,14 @@ where
                 // Registered before the check, so a notification between the two is not lost.
                 let stopped = shared.all_stopped.notified();
                 if shared.lock().actors() == 0 {
-                    return;
+                    break;
                 }
                 stopped.await;
+            }
+            // Every entity has stopped, its last write answered: the replica name can go, and
+            // with it every claim it still holds.
+            if let Some(lease) = &shared.lease {
+                lease.shutdown().await;
             }
         }
     }

@@ -10,8 +10,11 @@ use actix::{Addr, ArbiterHandle, Context, MailboxError};
 use tokio::sync::{Notify, oneshot};
 
 use super::Factory;
+use super::lease::Lease;
 use crate::behavior::{CommandError, DurableStateBehavior};
-use crate::entity::{ConflictPolicy, DurableEntity, OnDrop, RecoveryPolicy, Sharding, StateStore};
+use crate::entity::{
+    Claims, ConflictPolicy, DurableEntity, OnDrop, RecoveryPolicy, Sharding, StateStore,
+};
 use crate::error::{Error, InvalidInput};
 use crate::publish::{Publish, Subscribers};
 use crate::registry::table::{Incarnation, Table, Waiter};
@@ -37,6 +40,9 @@ where
     pub(super) table: Mutex<Table<B>>,
     /// Notified when the registry is stopped and its last actor is gone.
     pub(super) all_stopped: Notify,
+    /// With ownership: the replica's lease, and the claims its entities make through it.
+    pub(super) lease: Option<Arc<Lease>>,
+    pub(super) claims: Option<Arc<dyn Claims>>,
 }
 
 /// A closure that starts an entity actor on the registry's arbiter.
@@ -224,13 +230,16 @@ where
                 );
             }
             let subscribers: Arc<dyn Publish<B::State>> = shared.subscribers.clone();
-            let entity = DurableEntity::new(behavior, shared.store.clone())
+            let mut entity = DurableEntity::new(behavior, shared.store.clone())
                 .sharding(shared.sharding.clone())
                 .recovery(shared.recovery.clone())
                 .conflicts(shared.conflicts.clone())
                 .tracked(busy, Arc::clone(&shared.conflict_retries))
                 .publish_to(subscribers)
                 .on_drop(gone);
+            if let Some(claims) = &shared.claims {
+                entity = entity.owned_by(Arc::clone(claims));
+            }
             drop(shared);
             let context = Context::with_receiver(rx);
             actix::spawn(context.into_future(entity));

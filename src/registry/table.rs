@@ -132,6 +132,11 @@ impl<B: DurableStateBehavior> Table<B> {
         self.waiting.len()
     }
 
+    /// Whether `id` is live (not passivating, not waiting).
+    pub(super) fn is_live(&self, id: &str) -> bool {
+        self.live.contains(id)
+    }
+
     /// The live entity `id`, counted as a use.
     pub(super) fn touch(&mut self, id: &str) -> Option<&Incarnation<B>> {
         let live = self.live.get_mut(id)?;
@@ -306,13 +311,18 @@ impl<B: DurableStateBehavior> Table<B> {
         Vec::new()
     }
 
+    /// Passivates every live entity (after the commands in its mailbox).
+    pub(super) fn passivate_all(&mut self) {
+        while let Some((id, live)) = self.live.pop_lru() {
+            self.passivate(id, live);
+        }
+    }
+
     /// Refuses new commands and passivates every live entity; commands waiting for a start
     /// or a restart are dropped (their callers are answered that the registry stopped).
     pub(super) fn stop(&mut self) {
         self.stopped = true;
-        while let Some((id, live)) = self.live.pop_lru() {
-            self.passivate(id, live);
-        }
+        self.passivate_all();
         for stopping in self.stopping.values_mut() {
             stopping.waiters.clear();
         }

@@ -21,30 +21,36 @@ use crate::error::Error;
 use crate::messages::{Revision, WriteOutcome};
 use crate::pool::{Connections, PooledClient};
 use crate::queue::{Kind, Pending, Reply, Respond};
-use crate::sql::{Sql, Stmt};
+use crate::sql::{OwnershipSql, Sql, Stmt};
 use crate::state::{DurableState, StateRow};
 use crate::telemetry::{count_write, outcome_name};
 
 mod citus;
+mod fence;
 mod listing;
+mod ownership;
 mod write;
 
+pub(crate) use self::fence::WriteRow;
 pub(crate) use self::listing::page_limit;
+pub(crate) use self::ownership::{Claim, Claimed, Release, ReplicaId};
 
-/// A version-checked write of one state, as its row.
+/// A version-checked write of one state, as its row (fenced by an ownership epoch if the
+/// entity is owned).
 pub(crate) struct Write;
 
 impl Kind for Write {
     const NAME: &'static str = "write";
-    type Input = StateRow;
+    type Input = WriteRow;
     type Output = WriteOutcome;
     type Reply = Reply<WriteOutcome>;
 
-    fn bytes(row: &StateRow) -> usize {
-        row.state_payload.len() + row.persistence_id.len()
+    fn bytes(write: &WriteRow) -> usize {
+        write.row.state_payload.len() + write.row.persistence_id.len()
     }
 
-    fn answered(row: &StateRow, outcome: &Result<WriteOutcome, Error>, queued: Instant) {
+    fn answered(write: &WriteRow, outcome: &Result<WriteOutcome, Error>, queued: Instant) {
+        let row = &write.row;
         let name = outcome_name(outcome);
         count_write(name);
         metrics::histogram!("durablestore_write_seconds").record(queued.elapsed());
@@ -108,6 +114,8 @@ impl Respond<Revision> for ReadReply {
 pub(crate) struct Repository {
     connections: Connections,
     sql: Sql,
+    /// The statements of ownership across replicas, used by registries that have it.
+    ownership: OwnershipSql,
     version_check: VersionCheck,
     distribution: Distribution,
     /// With [`Distribution::Detect`]: whether the server has Citus, once it said so.
@@ -122,6 +130,7 @@ impl Repository {
         Repository {
             connections,
             sql: Sql::new(checked),
+            ownership: OwnershipSql::for_names(&checked.schema, &checked.table),
             version_check: checked.config.version_check,
             distribution: checked.config.distribution,
             citus: OnceLock::new(),

@@ -22,6 +22,7 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
+use super::fence::{WriteRow, any_fenced, fenced_out};
 use super::{Repository, Write, read_row};
 use crate::config::VersionCheck;
 use crate::error::Error;
@@ -65,11 +66,18 @@ impl Repository {
         let mut failed: Option<Error> = None;
         for mut round in rounds(batch) {
             // One lock order for every writer: ids in byte order.
-            round.sort_unstable_by(|a, b| a.input.persistence_id.cmp(&b.input.persistence_id));
+            round.sort_unstable_by(|a, b| {
+                a.input.row.persistence_id.cmp(&b.input.row.persistence_id)
+            });
             for part in chunks(round, limit) {
-                let rows: Vec<&StateRow> = part.iter().map(|p| &p.input).collect();
+                let rows: Vec<&WriteRow> = part.iter().map(|p| &p.input).collect();
                 let outcomes = match &failed {
                     Some(error) => rows.iter().map(|_| Err(error.clone())).collect(),
+                    // Citus routes a fenced write (which locks the owner row) only when it
+                    // names one id: fenced rows go one statement each there.
+                    None if values && any_fenced(&rows) => {
+                        self.write_one_by_one(&client, &rows, &mut failed).await
+                    }
                     None => match self.write_rows(&client, &rows, values).await {
                         Ok(outcomes) => outcomes,
                         // A statement fails as a whole. If one row may be to blame, write
@@ -100,7 +108,7 @@ impl Repository {
     async fn write_one_by_one(
         &self,
         client: &PooledClient,
-        rows: &[&StateRow],
+        rows: &[&WriteRow],
         failed: &mut Option<Error>,
     ) -> Vec<Result<WriteOutcome, Error>> {
         let mut outcomes = Vec::with_capacity(rows.len());
@@ -113,7 +121,7 @@ impl Repository {
                 .write_rows(client, std::slice::from_ref(row), false)
                 .await
             {
-                Ok(mut single) => single.pop().unwrap_or_else(|| Err(no_result(row))),
+                Ok(mut single) => single.pop().unwrap_or_else(|| Err(no_result(&row.row))),
                 Err(error) => {
                     if !one_row_can_cause(&error) {
                         *failed = Some(error.clone());
@@ -138,14 +146,14 @@ impl Repository {
     async fn write_rows(
         &self,
         client: &PooledClient,
-        rows: &[&StateRow],
+        rows: &[&WriteRow],
         values: bool,
     ) -> Result<Vec<Result<WriteOutcome, Error>>, Error> {
         let mut outcomes: Vec<Option<Result<WriteOutcome, Error>>> = vec![None; rows.len()];
         // The rows (by index) sent in this attempt.
         let mut todo: Vec<usize> = (0..rows.len()).collect();
         for attempt in 0..=RESENDS {
-            let sent: Vec<&StateRow> = todo.iter().map(|&i| rows[i]).collect();
+            let sent: Vec<&WriteRow> = todo.iter().map(|&i| rows[i]).collect();
             let is_written = match self.apply(client, &sent, values).await {
                 Ok(is_written) => is_written,
                 Err(error) if attempt == 0 => return Err(error),
@@ -164,20 +172,33 @@ impl Repository {
                 .iter()
                 .zip(&is_written)
                 .filter(|(_, written)| !**written)
-                .map(|(row, _)| row.persistence_id.as_str())
+                .map(|(write, _)| write.row.persistence_id.as_str())
                 .collect();
             let stored = if refused.is_empty() || self.version_check == VersionCheck::Unchecked {
                 Ok(HashMap::new())
             } else {
                 self.current_rows(client, &refused).await
             };
+            // A fenced row not written may have lost its ownership: its owner row tells.
+            let owners = if refused.is_empty() || !any_fenced(&sent) {
+                Ok(HashMap::new())
+            } else {
+                self.owners_of(client, &refused).await
+            };
             let mut again = Vec::new();
             for (&i, written) in todo.iter().zip(is_written) {
-                let row = rows[i];
-                outcomes[i] = Some(match (written, &stored) {
-                    (true, _) => Ok(WriteOutcome::Written),
-                    (false, Err(error)) => Err(error.clone()),
-                    (false, Ok(stored)) => {
+                let write = rows[i];
+                let row = &write.row;
+                let fenced = match &owners {
+                    Ok(owners) if !written => fenced_out(owners, write).map(Err),
+                    Err(error) if !written && write.epoch.is_some() => Some(Err(error.clone())),
+                    _ => None,
+                };
+                outcomes[i] = Some(match (written, fenced, &stored) {
+                    (true, _, _) => Ok(WriteOutcome::Written),
+                    (false, Some(fenced), _) => fenced,
+                    (false, None, Err(error)) => Err(error.clone()),
+                    (false, None, Ok(stored)) => {
                         let stored = stored.get(&row.persistence_id);
                         if self.version_check == VersionCheck::Sequential
                             && attempt < RESENDS
@@ -198,7 +219,7 @@ impl Repository {
         Ok(rows
             .iter()
             .zip(outcomes)
-            .map(|(row, outcome)| outcome.unwrap_or_else(|| Err(no_result(row))))
+            .map(|(write, outcome)| outcome.unwrap_or_else(|| Err(no_result(&write.row))))
             .collect())
     }
 
@@ -208,14 +229,17 @@ impl Repository {
     async fn apply(
         &self,
         client: &PooledClient,
-        rows: &[&StateRow],
+        rows: &[&WriteRow],
         values: bool,
     ) -> Result<Vec<bool>, Error> {
         let mut tried = 0;
         loop {
             let result = match rows {
                 [row] => self.apply_one(client, row).await,
-                _ if values => self.write_values(client, rows).await,
+                _ if values => {
+                    let rows: Vec<&StateRow> = rows.iter().map(|w| &w.row).collect();
+                    self.write_values(client, &rows).await
+                }
                 _ => self.apply_arrays(client, rows).await,
             };
             match result {
@@ -232,21 +256,29 @@ impl Repository {
 
     /// A lone write (an idle store) takes the plain single-row statement: less for the server
     /// to plan and run than the array form. It returns the id if it wrote it.
-    async fn apply_one(&self, client: &PooledClient, row: &StateRow) -> Result<Vec<bool>, Error> {
-        let statement = match self.version_check {
-            VersionCheck::Sequential if row.version_number == 1 => Stmt::InsertOne,
-            VersionCheck::Sequential => Stmt::UpdateOne,
-            VersionCheck::Unchecked => Stmt::UpsertOne,
+    async fn apply_one(&self, client: &PooledClient, write: &WriteRow) -> Result<Vec<bool>, Error> {
+        let row = &write.row;
+        let fenced = write.epoch.is_some();
+        let statement = match (self.version_check, fenced) {
+            (VersionCheck::Sequential, false) if row.version_number == 1 => Stmt::InsertOne,
+            (VersionCheck::Sequential, false) => Stmt::UpdateOne,
+            (VersionCheck::Unchecked, false) => Stmt::UpsertOne,
+            (VersionCheck::Sequential, true) if row.version_number == 1 => Stmt::InsertOneFenced,
+            (VersionCheck::Sequential, true) => Stmt::UpdateOneFenced,
+            (VersionCheck::Unchecked, true) => Stmt::UpsertOneFenced,
         };
-        let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        let params: [(&(dyn ToSql + Sync), Type); 7] = [
             (&row.persistence_id, Type::TEXT),
             (&row.version_number, Type::INT8),
             (&row.state_payload, Type::BYTEA),
             (&row.state_manifest, Type::TEXT),
             (&row.timestamp, Type::INT8),
             (&row.shard_number, Type::INT8),
+            (&write.epoch, Type::INT8),
         ];
-        let written = client.query(&self.sql, statement, &params).await?;
+        // The fenced forms take the epoch as a seventh parameter.
+        let params = if fenced { &params[..] } else { &params[..6] };
+        let written = client.query(&self.sql, statement, params).await?;
         Ok(vec![!written.is_empty()])
     }
 
@@ -255,27 +287,35 @@ impl Repository {
     async fn apply_arrays(
         &self,
         client: &PooledClient,
-        rows: &[&StateRow],
+        writes: &[&WriteRow],
     ) -> Result<Vec<bool>, Error> {
+        let rows: Vec<&StateRow> = writes.iter().map(|w| &w.row).collect();
         let ids: Vec<&str> = rows.iter().map(|r| r.persistence_id.as_str()).collect();
         let versions: Vec<i64> = rows.iter().map(|r| r.version_number).collect();
         let payloads: Vec<&[u8]> = rows.iter().map(|r| r.state_payload.as_slice()).collect();
         let manifests: Vec<&str> = rows.iter().map(|r| r.state_manifest.as_str()).collect();
         let timestamps: Vec<i64> = rows.iter().map(|r| r.timestamp).collect();
         let shards: Vec<i64> = rows.iter().map(|r| r.shard_number).collect();
-        let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        let epochs: Vec<Option<i64>> = writes.iter().map(|w| w.epoch).collect();
+        let params: [(&(dyn ToSql + Sync), Type); 7] = [
             (&ids, Type::TEXT_ARRAY),
             (&versions, Type::INT8_ARRAY),
             (&payloads, Type::BYTEA_ARRAY),
             (&manifests, Type::TEXT_ARRAY),
             (&timestamps, Type::INT8_ARRAY),
             (&shards, Type::INT8_ARRAY),
+            (&epochs, Type::INT8_ARRAY),
         ];
-        let statement = match self.version_check {
-            VersionCheck::Sequential => Stmt::WriteChecked,
-            VersionCheck::Unchecked => Stmt::WriteUnchecked,
+        let fenced = any_fenced(writes);
+        let statement = match (self.version_check, fenced) {
+            (VersionCheck::Sequential, false) => Stmt::WriteChecked,
+            (VersionCheck::Unchecked, false) => Stmt::WriteUnchecked,
+            (VersionCheck::Sequential, true) => Stmt::WriteCheckedFenced,
+            (VersionCheck::Unchecked, true) => Stmt::WriteUncheckedFenced,
         };
-        let result = client.query(&self.sql, statement, &params).await?;
+        // The fenced forms take the epochs as a seventh array.
+        let params = if fenced { &params[..] } else { &params[..6] };
+        let result = client.query(&self.sql, statement, params).await?;
         Ok(written_of(&ids, result.first()))
     }
 
@@ -339,7 +379,7 @@ fn rounds(batch: Vec<Pending<Write>>) -> Vec<Vec<Pending<Write>>> {
             .iter()
             .map(|pending| {
                 let next = seen
-                    .entry(pending.input.persistence_id.as_str())
+                    .entry(pending.input.row.persistence_id.as_str())
                     .or_insert(0);
                 *next += 1;
                 *next - 1
@@ -437,7 +477,7 @@ mod tests {
             timestamp: 0,
             shard_number: 0,
         };
-        Pending::new(row, None)
+        Pending::new(row.into(), None)
     }
 
     #[test]
@@ -454,7 +494,7 @@ mod tests {
             .into_iter()
             .map(|r| {
                 r.into_iter()
-                    .map(|p| (p.input.persistence_id, p.input.version_number))
+                    .map(|p| (p.input.row.persistence_id, p.input.row.version_number))
                     .collect()
             })
             .collect();

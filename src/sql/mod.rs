@@ -10,6 +10,13 @@ use crate::config::{Checked, Config, VersionCheck};
 use crate::error::{InvalidInput, truncate};
 use crate::state::TOMBSTONE_MANIFEST;
 
+mod feed;
+mod ownership;
+
+pub(crate) use self::feed::FeedSql;
+use self::ownership::Fenced;
+pub(crate) use self::ownership::{MAX_OWNED_TABLE_LEN, OwnershipSql};
+
 /// PostgreSQL's limit on identifier length (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_LEN: usize = 63;
 
@@ -64,19 +71,19 @@ impl fmt::Debug for Identifier {
 }
 
 /// The DDL shipped in `resources/`, the one source of the table's definition.
-pub(crate) const DDL: &str = include_str!("../resources/durablestore_postgres.sql");
+pub(crate) const DDL: &str = include_str!("../../resources/durablestore_postgres.sql");
 
 /// Distributing the table on Citus, shipped in `resources/`: the one source of that statement.
-pub(crate) const CITUS_DDL: &str = include_str!("../resources/citus.sql");
+pub(crate) const CITUS_DDL: &str = include_str!("../../resources/citus.sql");
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     r#"persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number"#;
 
 /// Input rows of a write, one array per column; `ord` numbers them from 1.
 const INPUT: &str = r#"SELECT * FROM UNNEST($1::text[], $2::int8[], $3::bytea[], $4::text[], $5::int8[], $6::int8[])
         WITH ORDINALITY AS i(persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number, ord)"#;
 
-const UPDATE_ALL: &str = r#"version_number = EXCLUDED.version_number,
+pub(crate) const UPDATE_ALL: &str = r#"version_number = EXCLUDED.version_number,
         state_payload = EXCLUDED.state_payload,
         state_manifest = EXCLUDED.state_manifest,
         "timestamp" = EXCLUDED."timestamp",
@@ -107,10 +114,15 @@ pub(crate) enum Stmt {
     InsertOne = 6,
     UpdateOne = 7,
     UpsertOne = 8,
+    WriteCheckedFenced = 9,
+    WriteUncheckedFenced = 10,
+    InsertOneFenced = 11,
+    UpdateOneFenced = 12,
+    UpsertOneFenced = 13,
 }
 
 impl Stmt {
-    pub(crate) const COUNT: usize = 9;
+    pub(crate) const COUNT: usize = 14;
 }
 
 /// Asks whether the `citus` extension is installed in the database (see
@@ -170,6 +182,9 @@ pub(crate) struct Sql {
     values_head: String,
     /// The tail of an unchecked [`Sql::values_write`].
     values_unchecked: String,
+    /// The forms of the writes that carry an ownership epoch per row, and the owner rows
+    /// that explain a fenced row not written.
+    pub fenced: Fenced,
 }
 
 impl Sql {
@@ -188,6 +203,11 @@ impl Sql {
             Stmt::InsertOne => &self.insert_one,
             Stmt::UpdateOne => &self.update_one,
             Stmt::UpsertOne => &self.upsert_one,
+            Stmt::WriteCheckedFenced => &self.fenced.write_checked,
+            Stmt::WriteUncheckedFenced => &self.fenced.write_unchecked,
+            Stmt::InsertOneFenced => &self.fenced.insert_one,
+            Stmt::UpdateOneFenced => &self.fenced.update_one,
+            Stmt::UpsertOneFenced => &self.fenced.upsert_one,
         }
     }
 
@@ -235,31 +255,7 @@ impl Sql {
 
     pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
         let t = format!("{}.{}", schema.quoted(), table.quoted());
-        let write_checked = format!(
-            r#"WITH input AS ({INPUT}),
-inserted AS (
-    INSERT INTO {t} ({COLUMNS})
-    SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i."timestamp", i.shard_number
-    FROM input i WHERE i.version_number = 1
-    ON CONFLICT (persistence_id) DO NOTHING
-    RETURNING persistence_id
-),
-updated AS (
-    UPDATE {t} AS s SET version_number = i.version_number,
-        state_payload = i.state_payload,
-        state_manifest = i.state_manifest,
-        "timestamp" = i."timestamp",
-        shard_number = i.shard_number
-    FROM input i
-    WHERE i.version_number > 1
-      AND s.persistence_id = i.persistence_id
-      AND s.version_number = i.version_number - 1
-    RETURNING s.persistence_id
-)
-SELECT count(*), array_agg(persistence_id::text) FROM (
-    SELECT persistence_id FROM inserted UNION ALL SELECT persistence_id FROM updated
-) AS written"#
-        );
+        let write_checked = checked_write(&t, &format!("input AS ({INPUT})"), "input");
         let write_unchecked = format!(
             r#"WITH written AS (
     INSERT INTO {t} AS s ({COLUMNS})
@@ -344,95 +340,53 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             create_distributed,
             values_head,
             values_unchecked,
+            fenced: Fenced::for_names(schema, table),
         }
     }
 }
 
-/// The change feed's migration, shipped in `resources/`: the one source of its schema.
-pub(crate) const CHANGES_DDL: &str = include_str!("../resources/changes.sql");
-
-/// The statements of a store's change feed ([`crate::feed`]), built once from the configured
-/// schema and table, like [`Sql`].
-#[derive(Debug)]
-pub(crate) struct FeedSql {
-    /// `resources/changes.sql` for this table, after an advisory lock of its own.
-    pub create: String,
-    /// Up to `$3` entries after the offset (`$1` the transaction id as text, `$2` the id), of
-    /// transactions below the snapshot's xmin, in offset order, each with the row it names
-    /// now (NULLs once the row is gone): an index range scan of the log's `xid` index and
-    /// one primary-key lookup per entry. `WITH TIES`: the entries of one offset (one
-    /// transaction writing an id twice) are never split between two pages.
-    pub page: String,
-    /// Removes the entries that a later entry of the same id makes redundant; how many.
-    pub compact: String,
-    /// The table's oid, which names its notification channel.
-    pub channel: String,
-}
-
-impl FeedSql {
-    pub(crate) fn new(checked: &Checked) -> Self {
-        Self::for_names(&checked.schema, &checked.table)
-    }
-
-    pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
-        let q = |name: &str| format!("{}.{}", schema.quoted(), quote_name(name));
-        let t = q(table.as_str());
-        let log = q(&format!("{}_changes", table.as_str()));
-        let function = q(&format!("{}_changes_log", table.as_str()));
-        let ddl = without_comments(CHANGES_DDL)
-            // Longest first: the derived names contain the table's.
-            .replace("states_store_changes_log", "\u{1}")
-            // The index name, left unqualified (an index lives in its table's schema).
-            .replace("states_store_changes_xid", "\u{4}")
-            .replace("states_store_changes", "\u{2}")
-            .replace("'states_store'::regclass", "\u{3}")
-            .replace(Config::DEFAULT_TABLE, &t)
-            .replace('\u{1}', &function)
-            .replace('\u{2}', &log)
-            .replace('\u{3}', &format!("'{t}'::regclass"))
-            .replace(
-                '\u{4}',
-                &quote_name(&format!("{}_changes_xid", table.as_str())),
-            );
-        let lock_key = format!("{}.{}#changes", schema.as_str(), table.as_str());
-        let create = format!("SELECT pg_advisory_xact_lock(hashtext('{lock_key}'));\n{ddl}");
-        let page = format!(
-            r#"SELECT c.xid::text, c.persistence_id, c.version_number, c.deleted,
-    s.version_number, s.state_payload, s.state_manifest, s."timestamp", s.shard_number
-FROM {log} c LEFT JOIN {t} s ON s.persistence_id = (c.persistence_id COLLATE "default")
-WHERE c.xid >= $1::text::xid8
-  AND (c.xid, c.persistence_id) > ($1::text::xid8, $2::text COLLATE "C")
-  AND c.xid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY c.xid, c.persistence_id
-FETCH FIRST ($3::int8) ROWS WITH TIES"#
-        );
-        let compact = format!(
-            "WITH latest AS (SELECT persistence_id, max(xid) AS xid FROM {log} \
-             GROUP BY persistence_id HAVING count(*) > 1), \
-             gone AS (DELETE FROM {log} c USING latest l \
-             WHERE c.persistence_id = l.persistence_id AND c.xid < l.xid RETURNING 1) \
-             SELECT count(*) FROM gone"
-        );
-        let channel = format!("SELECT '{t}'::regclass::oid::int8");
-        FeedSql {
-            create,
-            page,
-            compact,
-            channel,
-        }
-    }
+/// The version-checked multi-row write into `t`, of the rows of `source` (a CTE of the
+/// input columns, aliased `i`), after the CTEs `ctes` that define it: version 1 inserted
+/// unless the id has a row, version *v* > 1 updated only over *v − 1*. Returns the count of
+/// rows written and their ids.
+pub(crate) fn checked_write(t: &str, ctes: &str, source: &str) -> String {
+    format!(
+        r#"WITH {ctes},
+inserted AS (
+    INSERT INTO {t} ({COLUMNS})
+    SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i."timestamp", i.shard_number
+    FROM {source} i WHERE i.version_number = 1
+    ON CONFLICT (persistence_id) DO NOTHING
+    RETURNING persistence_id
+),
+updated AS (
+    UPDATE {t} AS s SET version_number = i.version_number,
+        state_payload = i.state_payload,
+        state_manifest = i.state_manifest,
+        "timestamp" = i."timestamp",
+        shard_number = i.shard_number
+    FROM {source} i
+    WHERE i.version_number > 1
+      AND s.persistence_id = i.persistence_id
+      AND s.version_number = i.version_number - 1
+    RETURNING s.persistence_id
+)
+SELECT count(*), array_agg(persistence_id::text) FROM (
+    SELECT persistence_id FROM inserted UNION ALL SELECT persistence_id FROM updated
+) AS written"#
+    )
 }
 
 /// A derived name (`{table}_changes`), quoted as an [`Identifier`] when it is one; longer
 /// names are refused when the config is checked, so this fallback only keeps quoting total.
-fn quote_name(name: &str) -> String {
+pub(crate) fn quote_name(name: &str) -> String {
     Identifier::parse("name", name)
         .map(|i| i.quoted())
         .unwrap_or_else(|_| format!("\"{}\"", name.replace('"', "\"\"")))
 }
 
 /// The SQL of a file of `resources/`, without its comment lines.
-fn without_comments(sql: &str) -> String {
+pub(crate) fn without_comments(sql: &str) -> String {
     sql.lines()
         .filter(|line| !line.trim_start().starts_with("--"))
         .collect::<Vec<_>>()
@@ -480,28 +434,6 @@ mod tests {
         );
         assert!(distributed.contains(r#"logicalrelid = '"tenant_a"."Accounts"'::regclass"#));
         assert!(!distributed.contains("states_store") && !distributed.contains("--"));
-    }
-
-    #[test]
-    fn the_feed_migration_is_rewritten_for_the_configured_names() {
-        let config = Config::new("h", 1, "u", "", "d")
-            .schema("tenant_a")
-            .table("Accounts");
-        let feed = FeedSql::new(&config.check(crate::config::PoolOwner::Store).unwrap());
-        for expected in [
-            r#"CREATE TABLE IF NOT EXISTS "tenant_a"."Accounts_changes""#,
-            r#"INDEX IF NOT EXISTS "Accounts_changes_xid" ON "tenant_a"."Accounts_changes""#,
-            r#"FUNCTION "tenant_a"."Accounts_changes_log"()"#,
-            r#"AFTER DELETE ON "tenant_a"."Accounts""#,
-            r#"tgrelid = '"tenant_a"."Accounts"'::regclass"#,
-        ] {
-            assert!(feed.create.contains(expected), "{expected}");
-        }
-        assert!(!feed.create.contains("states_store") && !feed.create.contains("--"));
-        assert!(
-            feed.page
-                .contains(r#"FROM "tenant_a"."Accounts_changes" c"#)
-        );
     }
 
     #[test]

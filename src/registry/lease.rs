@@ -1,0 +1,299 @@
+//! A registry's lease on its replica name, and the claims and releases of its entities' ids:
+//! what makes [`Ownership`](super::ownership::Ownership) work at run time.
+//!
+//! The lease is renewed by one statement every third of its length, whatever the number of
+//! owned ids. It is held, as far as the entities know, until a tenth of the lease before the
+//! earliest moment the database could let it run out: counted on the monotonic clock from the
+//! instant before the last successful renewal was sent, so that a slow answer, a paused
+//! process or a stalled runtime only ever make the replica give up early. Past that moment the
+//! keeper passivates every entity, and each command they still hold is answered
+//! [`CommandError::LeaseLost`](crate::CommandError::LeaseLost) without being decided.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use tokio::sync::{Notify, oneshot};
+
+use super::ownership::Ownership;
+use super::shared::Shared;
+use crate::behavior::DurableStateBehavior;
+use crate::entity::Claims;
+use crate::error::Error;
+use crate::handle::DurableStore;
+use crate::queue::Queue;
+use crate::repository::{Claim, Claimed, Release, ReplicaId, Repository};
+
+/// How many claim batches run at once.
+const CLAIM_WORKERS: u32 = 2;
+
+/// A registry's lease and the queues of its claims and releases.
+pub(super) struct Lease {
+    me: ReplicaId,
+    lease: Duration,
+    repository: Arc<Repository>,
+    claims: Queue<Claim>,
+    releases: Queue<Release>,
+    /// The origin of [`Lease::held_until`].
+    base: Instant,
+    /// Until when (nanoseconds after `base`) the lease is held as far as this replica knows;
+    /// 0 while it is not.
+    held_until: AtomicU64,
+    /// Notified each time the lease is gained or renewed.
+    renewed: Notify,
+    stopped: AtomicBool,
+}
+
+impl Lease {
+    /// The lease of `ownership` on `store`'s tables, not yet registered (the keeper does).
+    pub(super) fn new(ownership: &Ownership, store: &DurableStore) -> Arc<Self> {
+        let repository = Arc::clone(store.engine().repository());
+        let config = &store.checked().config;
+        let (capacity, batch) = (config.max_pending_requests, config.max_batch_size);
+        let me = ReplicaId {
+            name: ownership.replica().to_owned(),
+            incarnation: incarnation(),
+        };
+        let claims = {
+            let repository = Arc::clone(&repository);
+            let me = Arc::new(me.clone());
+            Queue::start(capacity, CLAIM_WORKERS, batch, move |batch| {
+                let repository = Arc::clone(&repository);
+                let me = Arc::clone(&me);
+                async move { repository.claim_batch(&me, batch).await }
+            })
+        };
+        let releases = {
+            let repository = Arc::clone(&repository);
+            Queue::start(capacity, 1, batch, move |batch| {
+                let repository = Arc::clone(&repository);
+                async move { repository.release_batch(batch).await }
+            })
+        };
+        Arc::new(Lease {
+            me,
+            lease: ownership.lease(),
+            repository,
+            claims,
+            releases,
+            base: Instant::now(),
+            held_until: AtomicU64::new(0),
+            renewed: Notify::new(),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the lease holds now, as far as this replica can tell.
+    pub(super) fn holds(&self) -> bool {
+        let until = self.held_until.load(Ordering::Acquire);
+        until != 0 && self.nanos(Instant::now()) < until
+    }
+
+    /// The moment the lease stops holding, if it holds.
+    fn deadline(&self) -> Option<Instant> {
+        match self.held_until.load(Ordering::Acquire) {
+            0 => None,
+            until => Some(self.base + Duration::from_nanos(until)),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A registration or renewal sent at `sent` succeeded: the database keeps the lease at
+    /// least `lease` after `sent`; this replica holds it until a tenth of that earlier.
+    fn renewed_at(&self, sent: Instant) {
+        let until = self.nanos(sent + self.lease - self.lease / 10).max(1);
+        self.held_until.store(until, Ordering::Release);
+        self.renewed.notify_waiters();
+    }
+
+    fn lose(&self) {
+        self.held_until.store(0, Ordering::Release);
+    }
+
+    /// Waits for the lease to hold, at most one lease long.
+    async fn held(&self) -> Result<(), Error> {
+        let give_up = tokio::time::Instant::now() + self.lease;
+        loop {
+            let renewed = self.renewed.notified();
+            if self.holds() {
+                return Ok(());
+            }
+            if self.stopped.load(Ordering::Acquire)
+                || tokio::time::timeout_at(give_up, renewed).await.is_err()
+            {
+                return Err(Error::LeaseLost {
+                    replica: self.me.name.clone(),
+                });
+            }
+        }
+    }
+
+    /// Claims `id` once the lease holds.
+    fn claim(self: &Arc<Self>, id: &str) -> BoxFuture<'static, Result<Claimed, Error>> {
+        let lease = Arc::clone(self);
+        let id = id.to_owned();
+        Box::pin(async move {
+            lease.held().await?;
+            let (reply, answer) = oneshot::channel();
+            if let Some(admission) = lease.claims.submit(id, Some(reply)) {
+                admission.await;
+            }
+            answer.await.unwrap_or(Err(Error::Interrupted))
+        })
+    }
+
+    fn release(&self, id: &str, epoch: i64) {
+        if let Some(admission) = self.releases.submit((id.to_owned(), epoch), None) {
+            // A full queue: the release waits for room without holding the entity up.
+            tokio::spawn(admission);
+        }
+    }
+
+    /// Gives the replica name up once the registry has stopped: every id it still owns can be
+    /// claimed at once. The keeper stops renewing.
+    pub(super) async fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.lose();
+        let deregister = tokio::time::timeout(self.lease, self.repository.deregister(&self.me));
+        match deregister.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(replica = %self.me.name, %error, "giving up the replica name failed; its ids move after the lease")
+            }
+            Err(_) => {
+                tracing::warn!(replica = %self.me.name, "giving up the replica name timed out; its ids move after the lease")
+            }
+        }
+    }
+}
+
+/// A fresh incarnation number: tells two processes with one replica name apart.
+fn incarnation() -> i64 {
+    fastrand::i64(1..i64::MAX)
+}
+
+/// Keeps the lease of a registry: creates the tables if need be, registers, renews every
+/// third of the lease (sooner after a failure), and passivates every entity of the registry
+/// once the lease stops holding. Ends when the registry stops or is dropped.
+pub(super) async fn keep<B: DurableStateBehavior>(lease: Arc<Lease>, registry: Weak<Shared<B>>)
+where
+    B::State: Send,
+{
+    let every = lease.lease / 3;
+    let retry = (lease.lease / 10).max(Duration::from_millis(10));
+    let mut schema = false;
+    let mut registered = false;
+    let mut next = Instant::now();
+    loop {
+        let wake = lease.deadline().map_or(next, |deadline| deadline.min(next));
+        tokio::time::sleep_until(wake.into()).await;
+        if lease.stopped.load(Ordering::Acquire) || registry.strong_count() == 0 {
+            return;
+        }
+        if lease
+            .deadline()
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            lease.lose();
+            tracing::warn!(replica = %lease.me.name, "the ownership lease could not be renewed in time; stopping every entity");
+            passivate_all(&registry);
+        }
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + retry;
+        if !schema {
+            match lease.repository.create_ownership_schema().await {
+                Ok(()) => schema = true,
+                Err(error) => {
+                    tracing::warn!(%error, "creating the ownership tables failed; retrying");
+                    continue;
+                }
+            }
+        }
+        // An attempt never runs past the moment the lease stops holding: the entities are
+        // stopped on time, whatever holds the statement up.
+        let now = Instant::now();
+        let within = match lease.deadline() {
+            Some(deadline) if deadline > now => (deadline - now).min(every),
+            _ => every,
+        };
+        let attempt = if registered {
+            lease.repository.renew(&lease.me, lease.lease, within).await
+        } else {
+            lease
+                .repository
+                .register(&lease.me, lease.lease, within)
+                .await
+        };
+        match attempt {
+            Ok((true, sent)) => {
+                registered = true;
+                lease.renewed_at(sent);
+                next = Instant::now() + every;
+            }
+            Ok((false, _)) if registered => {
+                // Another process took the name over: this one was taken for dead.
+                registered = false;
+                lease.lose();
+                tracing::warn!(replica = %lease.me.name, "another process holds this replica name now; stopping every entity");
+                passivate_all(&registry);
+            }
+            Ok((false, _)) => {
+                tracing::warn!(replica = %lease.me.name, "the replica name is held by another live process; waiting for its lease to run out");
+            }
+            Err(error) => {
+                tracing::warn!(replica = %lease.me.name, %error, "renewing the ownership lease failed; retrying");
+            }
+        }
+    }
+}
+
+fn passivate_all<B: DurableStateBehavior>(registry: &Weak<Shared<B>>)
+where
+    B::State: Send,
+{
+    if let Some(registry) = registry.upgrade() {
+        registry.lock().passivate_all();
+    }
+}
+
+/// The ownership of one registry, as its entities see it.
+pub(super) struct RegistryClaims<B: DurableStateBehavior>
+where
+    B::State: Send,
+{
+    pub(super) lease: Arc<Lease>,
+    pub(super) registry: Weak<Shared<B>>,
+}
+
+impl<B: DurableStateBehavior> Claims for RegistryClaims<B>
+where
+    B::State: Send,
+{
+    fn replica(&self) -> &str {
+        &self.lease.me.name
+    }
+
+    fn claim(&self, id: &str) -> BoxFuture<'static, Result<Claimed, Error>> {
+        self.lease.claim(id)
+    }
+
+    fn holds(&self) -> bool {
+        self.lease.holds()
+    }
+
+    fn release(&self, id: &str, epoch: i64) {
+        self.lease.release(id, epoch);
+    }
+
+    fn give_up(&self, id: &str) {
+        if let Some(registry) = self.registry.upgrade() {
+            registry.lock().passivate_id(id);
+        }
+    }
+}
