@@ -5,8 +5,9 @@
 //! - **commands/s**: `--entities` entities, one caller each, sending deposits for `--seconds`
 //!   (entities started before the clock runs); **lone p50**: one caller, one entity, for 2 s.
 //! - **activation**: `--activations` fresh ids asked for their state at once: the time until
-//!   every answer is in, and the statements it took (transactions committed in the database,
-//!   each statement being one).
+//!   every answer is in, and the statements it took (the crate's own batch metrics: a read
+//!   batch is one statement, a claim batch three: expired registrations deleted, the live
+//!   ones named, the claim).
 //! - **renewal**: one registry owning `--owned` ids: the lease renewals the database saw in
 //!   `--observe` seconds, and the renewal statement's latency with that many ids owned.
 //!
@@ -27,6 +28,7 @@ use durablestore_postgres::{
 };
 use futures_util::future::join_all;
 use hdrhistogram::Histogram;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -118,16 +120,22 @@ async fn checkpoint(db: &TestDatabase) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-async fn transactions(db: &TestDatabase) -> i64 {
-    let client = db.client().await.expect("connects");
-    client
-        .query_one(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-            &[],
-        )
-        .await
-        .expect("pg_stat_database")
-        .get(0)
+/// The statements run since the last call: each batch of reads is one, each batch of claims
+/// three (expired registrations deleted, the live ones named, the claim). Snapshots drain
+/// the recorded samples.
+fn statements(snapshotter: &Snapshotter) -> usize {
+    let mut statements = 0;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let per_batch = match key.key().name() {
+            "durablestore_read_batch_size" => 1,
+            "durablestore_claim_batch_size" => 3,
+            _ => continue,
+        };
+        if let DebugValue::Histogram(samples) = value {
+            statements += per_batch * samples.len();
+        }
+    }
+    statements
 }
 
 /// commands/s of `entities` callers, and the p50 of a lone caller, in µs.
@@ -164,22 +172,19 @@ async fn throughput(registry: &EntityRegistry<Account>, prefix: &str, args: &Arg
 
 /// Seconds until `count` fresh ids answered their state, and the statements it took.
 async fn activation(
-    db: &TestDatabase,
+    snapshotter: &Snapshotter,
     registry: &EntityRegistry<Account>,
     prefix: &str,
     count: usize,
 ) -> (f64, i64) {
     let ids: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
-    let before = transactions(db).await;
+    statements(snapshotter);
     let started = Instant::now();
     for answer in join_all(ids.iter().map(|id| registry.state(id))).await {
         answer.expect("a state");
     }
     let elapsed = started.elapsed().as_secs_f64();
-    // The statistics of this backend's own query are not counted until it ends; the next
-    // read is two transactions later.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    (elapsed, transactions(db).await - before - 1)
+    (elapsed, statements(snapshotter) as i64)
 }
 
 /// Updates of the replicas table so far: the lease renewals.
@@ -205,6 +210,9 @@ fn median(values: &[f64]) -> f64 {
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install()?;
     let db = TestDatabase::new().await?;
     let config = db.config().max_connections(args.connections);
     let mut results: BTreeMap<&str, Vec<(f64, f64, f64, i64)>> = BTreeMap::new();
@@ -218,8 +226,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let prefix = format!("{variant}{round}");
             let (rate, p50) = throughput(&registry, &prefix, &args).await;
             checkpoint(&db).await;
-            let (seconds, statements) =
-                activation(&db, &registry, &format!("{prefix}-act"), args.activations).await;
+            let (seconds, statements) = activation(
+                &snapshotter,
+                &registry,
+                &format!("{prefix}-act"),
+                args.activations,
+            )
+            .await;
             registry.stop().await;
             eprintln!(
                 "round {round} ownership {variant}: {rate:.0} commands/s, lone p50 {p50:.0} µs, \

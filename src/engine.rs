@@ -7,7 +7,7 @@ use crate::config::Checked;
 use crate::messages::WriteOutcome;
 use crate::pool::Connections;
 use crate::queue::{Admission, Queue, Reply, Respond, answer};
-use crate::repository::{Read, ReadReply, Repository, Write, WriteRow};
+use crate::repository::{Fence, Read, ReadReply, Repository, Write, WriteRow};
 use crate::state::{DurableState, RowFormat, StateRow, validate_persistence_id};
 
 /// The queues and the repository of one store. Dropping it closes the queues: workers finish
@@ -56,17 +56,17 @@ impl Engine {
 
     /// Validates `state` and queues it; a worker answers on `reply`. Invalid input is answered
     /// at once. See [`Queue::submit`] for the returned admission future.
-    /// With an `epoch`, the write is fenced by it (see [`WriteRow`]).
+    /// With a `fence`, the write commits only under that registration (see [`WriteRow`]).
     pub(crate) fn write(
         &self,
         state: DurableState,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
         reply: Reply<WriteOutcome>,
     ) -> Option<Admission> {
         let row = StateRow::encode(state, self.row_format)
             .and_then(|row| row.check_size(self.max_state_bytes));
         match row {
-            Ok(row) => self.writes.submit(WriteRow { row, epoch }, reply),
+            Ok(row) => self.writes.submit(WriteRow { row, fence }, reply),
             Err(invalid) => {
                 answer(reply, Err(invalid.into()));
                 None
@@ -80,11 +80,11 @@ impl Engine {
         &self,
         persistence_id: String,
         version: u64,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
         reply: Reply<WriteOutcome>,
     ) -> Option<Admission> {
         match StateRow::tombstone(persistence_id, version) {
-            Ok(row) => self.writes.submit(WriteRow { row, epoch }, reply),
+            Ok(row) => self.writes.submit(WriteRow { row, fence }, reply),
             Err(invalid) => {
                 answer(reply, Err(invalid.into()));
                 None

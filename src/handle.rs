@@ -14,6 +14,7 @@ use crate::feed::{ChangePage, Changes, Feed, Offset};
 use crate::messages::{Revision, WriteOutcome};
 use crate::pool::Connections;
 use crate::queue::{Admission, Reply};
+use crate::repository::Fence;
 use crate::repository::ReadReply;
 use crate::state::{DurableState, now_millis};
 use crate::telemetry::instrumented;
@@ -102,26 +103,26 @@ impl DurableStore {
         ask(|reply| self.engine.write(state, None, reply)).await
     }
 
-    /// Writes a state fenced by an ownership epoch: committed only while `epoch` is the id's
-    /// current claim (see the registry's ownership).
+    /// Writes a state fenced by an ownership registration: committed only while `fence` is
+    /// still registered (see the registry's ownership).
     pub(crate) async fn write_fenced(
         &self,
         state: DurableState,
-        epoch: i64,
+        fence: Fence,
     ) -> Result<WriteOutcome, Error> {
-        ask(|reply| self.engine.write(state, Some(epoch), reply)).await
+        ask(|reply| self.engine.write(state, Some(fence), reply)).await
     }
 
-    /// Deletes fenced by an ownership epoch, as [`DurableStore::write_fenced`] writes.
+    /// Deletes fenced by an ownership registration, as [`DurableStore::write_fenced`] writes.
     pub(crate) async fn delete_fenced(
         &self,
         persistence_id: String,
         version: u64,
-        epoch: i64,
+        fence: Fence,
     ) -> Result<WriteOutcome, Error> {
         ask(|reply| {
             self.engine
-                .delete(persistence_id, version, Some(epoch), reply)
+                .delete(persistence_id, version, Some(fence), reply)
         })
         .await
     }

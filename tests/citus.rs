@@ -676,11 +676,13 @@ async fn ownership_claims_fences_and_moves(db: TestDatabase, config: Config) {
         .map(|row| row.get(0))
         .unwrap_or(0);
     println!("ownership tables known to Citus: {distributed}");
-    // A claim elsewhere (as a takeover makes it) moves the epoch on: A's next write is fenced
-    // out, though its version lines up.
+    // A takeover, as another replica makes it after A's lease ran out: A's registration
+    // deleted, the id claimed with a new epoch. A's next write is fenced out, though its
+    // version lines up.
     client
         .batch_execute(&format!(
-            "UPDATE {schema}.states_store_owners SET epoch = epoch + 1, replica = 'replica-c' \
+            "DELETE FROM {schema}.states_store_replicas WHERE replica = 'replica-a'; \
+             UPDATE {schema}.states_store_owners SET epoch = epoch + 1, replica = 'replica-c' \
              WHERE persistence_id = 'acct-0'"
         ))
         .await

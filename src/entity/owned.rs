@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 
 use crate::behavior::CommandError;
 use crate::error::Error;
-use crate::repository::Claimed;
+use crate::repository::{Claimed, Fence};
 
 /// What an owned entity needs from its registry's ownership.
 pub(crate) trait Claims: Send + Sync + 'static {
@@ -62,8 +62,12 @@ impl Refusal {
 /// The ownership side of one entity incarnation.
 pub(crate) struct Owned {
     pub(crate) claims: Arc<dyn Claims>,
-    /// The epoch of this incarnation's claim, once it claimed the id.
-    pub(crate) epoch: Option<i64>,
+    /// This incarnation's claim, once it claimed the id: its epoch (to release it) and the
+    /// registration its writes are fenced by.
+    pub(crate) claim: Option<(i64, Fence)>,
+    /// Set once a write's outcome was unknown: it may still run on the server, so the id is
+    /// not released (it moves only with this replica's registration).
+    pub(crate) uncertain: bool,
     /// Set once it learnt that it must not run the id: every command is answered with it.
     pub(crate) refused: Option<Refusal>,
 }
@@ -72,7 +76,8 @@ impl Owned {
     pub(crate) fn new(claims: Arc<dyn Claims>) -> Self {
         Owned {
             claims,
-            epoch: None,
+            claim: None,
+            uncertain: false,
             refused: None,
         }
     }
@@ -109,10 +114,16 @@ impl Owned {
         self.refused = Some(refusal);
     }
 
-    /// Releases the claim when the incarnation stops (unless another replica has the id).
+    /// The registration this incarnation's writes are fenced by.
+    pub(crate) fn fence(&self) -> Option<Fence> {
+        self.claim.as_ref().map(|(_, fence)| fence.clone())
+    }
+
+    /// Releases the claim when the incarnation stops, unless another replica has the id or a
+    /// write of this incarnation may still be running on the server.
     pub(crate) fn release(&mut self, persistence_id: &str) {
-        if let Some(epoch) = self.epoch.take() {
-            if !matches!(self.refused, Some(Refusal::Elsewhere(_))) {
+        if let Some((epoch, _)) = self.claim.take() {
+            if !self.uncertain && !matches!(self.refused, Some(Refusal::Elsewhere(_))) {
                 self.claims.release(persistence_id, epoch);
             }
         }

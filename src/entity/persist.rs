@@ -136,10 +136,10 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         };
         // An owned entity's write carries its claim's epoch: it commits only while that claim
         // is the id's current one.
-        let epoch = match &self.owned {
+        let fence = match &self.owned {
             None => None,
-            Some(owned) => match owned.epoch {
-                Some(epoch) => Some(epoch),
+            Some(owned) => match owned.fence() {
+                Some(fence) => Some(fence),
                 // Never so after a recovery, which claims first; refused rather than unfenced.
                 None => {
                     let error = Error::NotOwner {
@@ -153,8 +153,8 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         let store = self.store.clone();
         let write = async move {
             match change {
-                Change::Write(durable) => store.write_fenced(durable, epoch).await,
-                Change::Delete(id) => store.delete_fenced(id, next, epoch).await,
+                Change::Write(durable) => store.write_fenced(durable, fence).await,
+                Change::Delete(id) => store.delete_fenced(id, next, fence).await,
             }
         };
         Either::Right(write.into_actor(self).then(move |stored, entity, _| {
@@ -191,6 +191,10 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                         // The write may have been applied: the state in memory may be
                         // stale, so it is read again before the next command.
                         entity.current = None;
+                        // And it may still run: the id must not be released.
+                        if let Some(owned) = &mut entity.owned {
+                            owned.uncertain = true;
+                        }
                     }
                     return Either::Left(fut::ready(Err(CommandError::Store(error))));
                 }

@@ -8,11 +8,11 @@ use super::DurableEntity;
 use super::persist::current;
 use crate::behavior::DurableStateBehavior;
 use crate::error::Error;
-use crate::repository::Claimed;
+use crate::repository::{Claimed, Fence};
 
 /// What a load found: the epoch of the claim it made (an owned entity not yet claimed claims
 /// its id first), and the state and version.
-type Loaded<S> = (Option<i64>, Result<(S, u64), Error>);
+type Loaded<S> = (Option<(i64, Fence)>, Result<(S, u64), Error>);
 
 impl<B: DurableStateBehavior> DurableEntity<B> {
     /// Reads and decodes the stored state: the initial state at version 0 when there is none,
@@ -26,13 +26,13 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         let claim = self
             .owned
             .as_ref()
-            .filter(|owned| owned.epoch.is_none())
+            .filter(|owned| owned.claim.is_none())
             .map(|owned| owned.claims.claim(&id));
         async move {
-            let epoch = match claim {
+            let claimed = match claim {
                 None => None,
                 Some(claim) => match claim.await {
-                    Ok(Claimed::Owned { epoch }) => Some(epoch),
+                    Ok(Claimed::Owned { epoch, fence }) => Some((epoch, fence)),
                     Ok(Claimed::Elsewhere { owner }) => {
                         let refused = Error::NotOwner {
                             persistence_id: id,
@@ -47,16 +47,16 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                 Ok(revision) => current::<B>(revision, || initial),
                 Err(error) => Err(error),
             };
-            (epoch, loaded)
+            (claimed, loaded)
         }
     }
 
     /// Takes what a load found: the claim's epoch, and the state or why there is none (an id
     /// that is not this replica's to run is refused from now on).
-    fn loaded(&mut self, (epoch, loaded): Loaded<B::State>) -> Result<(), Error> {
+    fn loaded(&mut self, (claimed, loaded): Loaded<B::State>) -> Result<(), Error> {
         if let Some(owned) = &mut self.owned {
-            if epoch.is_some() {
-                owned.epoch = epoch;
+            if claimed.is_some() {
+                owned.claim = claimed;
             }
             if let Err(error) = &loaded {
                 if let Some(refusal) = owned.refusal_of(error) {

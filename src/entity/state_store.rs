@@ -9,6 +9,7 @@ use actix::{Actor, Addr, Handler, Recipient};
 use crate::error::Error;
 use crate::handle::DurableStore;
 use crate::messages::{DeleteState, GetRevision, Revision, WriteOutcome, WriteState};
+use crate::repository::Fence;
 use crate::state::DurableState;
 
 /// Where an entity reads and writes its state: a [`DurableStore`] handle (its queues are
@@ -89,31 +90,31 @@ impl StateStore {
         }
     }
 
-    /// Writes a state fenced by an ownership epoch (`None`: as [`StateStore::write`]). Only a
+    /// Writes a state fenced by an ownership registration (`None`: as [`StateStore::write`]). Only a
     /// [`DurableStore`] handle can fence; a registry with ownership refuses any other store.
     pub(crate) async fn write_fenced(
         &self,
         state: DurableState,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
     ) -> Result<WriteOutcome, Error> {
-        match (&self.0, epoch) {
+        match (&self.0, fence) {
             (_, None) => self.write(state).await,
-            (Route::Direct(store), Some(epoch)) => store.write_fenced(state, epoch).await,
+            (Route::Direct(store), Some(fence)) => store.write_fenced(state, fence).await,
             (Route::Mailbox(_), Some(_)) => Err(no_fence()),
         }
     }
 
-    /// Deletes fenced by an ownership epoch, as [`StateStore::write_fenced`] writes.
+    /// Deletes fenced by an ownership registration, as [`StateStore::write_fenced`] writes.
     pub(crate) async fn delete_fenced(
         &self,
         persistence_id: String,
         version: u64,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
     ) -> Result<WriteOutcome, Error> {
-        match (&self.0, epoch) {
+        match (&self.0, fence) {
             (_, None) => self.delete(persistence_id, version).await,
-            (Route::Direct(store), Some(epoch)) => {
-                store.delete_fenced(persistence_id, version, epoch).await
+            (Route::Direct(store), Some(fence)) => {
+                store.delete_fenced(persistence_id, version, fence).await
             }
             (Route::Mailbox(_), Some(_)) => Err(no_fence()),
         }

@@ -10,7 +10,7 @@
 //! [`CommandError::LeaseLost`](crate::CommandError::LeaseLost) without being decided.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -30,7 +30,10 @@ const CLAIM_WORKERS: u32 = 2;
 
 /// A registry's lease and the queues of its claims and releases.
 pub(super) struct Lease {
-    me: ReplicaId,
+    /// This replica's name.
+    name: String,
+    /// Its current registration: a fresh incarnation each time it must register again.
+    me: Arc<Mutex<Arc<ReplicaId>>>,
     lease: Duration,
     repository: Arc<Repository>,
     claims: Queue<Claim>,
@@ -51,16 +54,18 @@ impl Lease {
         let repository = Arc::clone(store.engine().repository());
         let config = &store.checked().config;
         let (capacity, batch) = (config.max_pending_requests, config.max_batch_size);
-        let me = ReplicaId {
-            name: ownership.replica().to_owned(),
+        let name = ownership.replica().to_owned();
+        let me = Arc::new(Mutex::new(Arc::new(ReplicaId {
+            name: name.clone(),
             incarnation: incarnation(),
-        };
+        })));
         let claims = {
             let repository = Arc::clone(&repository);
-            let me = Arc::new(me.clone());
+            let me = Arc::clone(&me);
             Queue::start(capacity, CLAIM_WORKERS, batch, move |batch| {
                 let repository = Arc::clone(&repository);
-                let me = Arc::clone(&me);
+                // Claimed under the registration of the moment.
+                let me = current(&me);
                 async move { repository.claim_batch(&me, batch).await }
             })
         };
@@ -72,6 +77,7 @@ impl Lease {
             })
         };
         Arc::new(Lease {
+            name,
             me,
             lease: ownership.lease(),
             repository,
@@ -126,7 +132,7 @@ impl Lease {
                 || tokio::time::timeout_at(give_up, renewed).await.is_err()
             {
                 return Err(Error::LeaseLost {
-                    replica: self.me.name.clone(),
+                    replica: self.name.clone(),
                 });
             }
         }
@@ -158,14 +164,15 @@ impl Lease {
     pub(super) async fn shutdown(&self) {
         self.stopped.store(true, Ordering::Release);
         self.lose();
-        let deregister = tokio::time::timeout(self.lease, self.repository.deregister(&self.me));
+        let me = current(&self.me);
+        let deregister = tokio::time::timeout(self.lease, self.repository.deregister(&me));
         match deregister.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                tracing::warn!(replica = %self.me.name, %error, "giving up the replica name failed; its ids move after the lease")
+                tracing::warn!(replica = %self.name, %error, "giving up the replica name failed; its ids move after the lease")
             }
             Err(_) => {
-                tracing::warn!(replica = %self.me.name, "giving up the replica name timed out; its ids move after the lease")
+                tracing::warn!(replica = %self.name, "giving up the replica name timed out; its ids move after the lease")
             }
         }
     }
@@ -174,6 +181,11 @@ impl Lease {
 /// A fresh incarnation number: tells two processes with one replica name apart.
 fn incarnation() -> i64 {
     fastrand::i64(1..i64::MAX)
+}
+
+/// The registration of the moment.
+fn current(me: &Mutex<Arc<ReplicaId>>) -> Arc<ReplicaId> {
+    Arc::clone(&me.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
 /// Keeps the lease of a registry: creates the tables if need be, registers, renews every
@@ -199,7 +211,7 @@ where
             .is_some_and(|deadline| Instant::now() >= deadline)
         {
             lease.lose();
-            tracing::warn!(replica = %lease.me.name, "the ownership lease could not be renewed in time; stopping every entity");
+            tracing::warn!(replica = %lease.name, "the ownership lease could not be renewed in time; stopping every entity");
             passivate_all(&registry);
         }
         if Instant::now() < next {
@@ -222,13 +234,11 @@ where
             Some(deadline) if deadline > now => (deadline - now).min(every),
             _ => every,
         };
+        let me = current(&lease.me);
         let attempt = if registered {
-            lease.repository.renew(&lease.me, lease.lease, within).await
+            lease.repository.renew(&me, lease.lease, within).await
         } else {
-            lease
-                .repository
-                .register(&lease.me, lease.lease, within)
-                .await
+            lease.repository.register(&me, lease.lease, within).await
         };
         match attempt {
             Ok((true, sent)) => {
@@ -237,17 +247,25 @@ where
                 next = Instant::now() + every;
             }
             Ok((false, _)) if registered => {
-                // Another process took the name over: this one was taken for dead.
+                // The registration was deleted: this replica was taken for dead, and every
+                // write still carrying it is fenced out. It registers again, afresh.
                 registered = false;
                 lease.lose();
-                tracing::warn!(replica = %lease.me.name, "another process holds this replica name now; stopping every entity");
+                *lease
+                    .me
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(ReplicaId {
+                    name: lease.name.clone(),
+                    incarnation: incarnation(),
+                });
+                tracing::warn!(replica = %lease.name, "this replica's registration was taken for dead; stopping every entity and registering again");
                 passivate_all(&registry);
             }
             Ok((false, _)) => {
-                tracing::warn!(replica = %lease.me.name, "the replica name is held by another live process; waiting for its lease to run out");
+                tracing::warn!(replica = %lease.name, "the replica name is held by another live process; waiting for its lease to run out");
             }
             Err(error) => {
-                tracing::warn!(replica = %lease.me.name, %error, "renewing the ownership lease failed; retrying");
+                tracing::warn!(replica = %lease.name, %error, "renewing the ownership lease failed; retrying");
             }
         }
     }
@@ -276,7 +294,7 @@ where
     B::State: Send,
 {
     fn replica(&self) -> &str {
-        &self.lease.me.name
+        &self.lease.name
     }
 
     fn claim(&self, id: &str) -> BoxFuture<'static, Result<Claimed, Error>> {

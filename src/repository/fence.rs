@@ -1,9 +1,12 @@
-//! Fenced writes: a row written for an owned entity carries the epoch of its owner's claim,
-//! and the write statement commits it only while that epoch is still the owner row's (see the
-//! registry's ownership). A fenced row not written is explained by a fresh read of its owner
-//! row: another epoch there means another claim came first, whatever the versions say.
+//! Fenced writes: a row written by an owned entity carries the registration (replica name and
+//! incarnation) its id was claimed under, and the write statement commits it only while that
+//! registration is still there (see the registry's ownership and [`crate::sql`]'s `Fenced`).
+//! A fenced row not written is explained by fresh reads: the registration gone means the
+//! replica lost its ids (to the replica its owner row names now, if another); otherwise the
+//! version rule explains it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio_postgres::types::Type;
 
@@ -12,69 +15,125 @@ use crate::error::Error;
 use crate::pool::PooledClient;
 use crate::state::StateRow;
 
-/// One write as the repository sends it: the row, and the ownership epoch it is fenced by
+/// The registration a fenced write is made under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fence {
+    pub(crate) replica: Arc<str>,
+    pub(crate) incarnation: i64,
+}
+
+/// One write as the repository sends it: the row, and the registration it is fenced by
 /// (`None`: written by the version rule alone).
 #[derive(Debug)]
 pub(crate) struct WriteRow {
     pub(crate) row: StateRow,
-    pub(crate) epoch: Option<i64>,
+    pub(crate) fence: Option<Fence>,
 }
 
 impl From<StateRow> for WriteRow {
     fn from(row: StateRow) -> Self {
-        WriteRow { row, epoch: None }
+        WriteRow { row, fence: None }
     }
 }
 
-/// The owner rows of some ids: their epoch and owning replica (`None` once released).
-pub(super) type Owners = HashMap<String, (i64, Option<String>)>;
+/// The owning replica of some ids (`None` once released).
+pub(super) type Owners = HashMap<String, Option<String>>;
+
+/// What fresh reads say about the refused fenced rows of a statement.
+pub(super) struct FenceState {
+    pub(super) owners: Owners,
+    /// The fences of the statement whose registration is gone.
+    pub(super) revoked: Vec<Fence>,
+}
 
 impl Repository {
-    /// The owner rows of `ids`, read in a statement of its own (a fresh snapshot).
-    pub(super) async fn owners_of(
+    /// The owners of `ids` and which of `fences` lost their registration, read in statements
+    /// of their own (fresh snapshots).
+    pub(super) async fn fence_state(
         &self,
         client: &PooledClient,
         ids: &[&str],
-    ) -> Result<Owners, Error> {
+        fences: &[&Fence],
+    ) -> Result<FenceState, Error> {
         let rows = client
             .query_text(&self.sql.fenced.owners_of, &[(&ids, Type::TEXT_ARRAY)])
             .await?;
         let mut owners = HashMap::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get(0).map_err(Error::database)?;
-            let epoch: i64 = row.try_get(1).map_err(Error::database)?;
             let replica: Option<String> = row.try_get(2).map_err(Error::database)?;
-            owners.insert(id, (epoch, replica));
+            owners.insert(id, replica);
         }
-        Ok(owners)
+        let mut revoked = Vec::new();
+        for fence in fences {
+            let replica: &str = &fence.replica;
+            let rows = client
+                .query_text(
+                    &self.sql.fenced.registered,
+                    &[(&replica, Type::TEXT), (&fence.incarnation, Type::INT8)],
+                )
+                .await?;
+            let registered: bool = match rows.first() {
+                Some(row) => row.try_get(0).map_err(Error::database)?,
+                None => false,
+            };
+            if !registered {
+                revoked.push((*fence).clone());
+            }
+        }
+        Ok(FenceState { owners, revoked })
     }
 }
 
-/// Why a fenced row was not written, if the fence is the reason: its owner row holds another
-/// epoch (or is gone). `None` for a row that is not fenced, or whose epoch is still current
-/// (then the version rule explains it).
-pub(super) fn fenced_out(owners: &Owners, write: &WriteRow) -> Option<Error> {
-    let epoch = write.epoch?;
+/// Why a fenced row was not written, if the fence is the reason: its registration is gone.
+/// The id is then another replica's if its owner row names one, and otherwise this replica
+/// lost its lease. `None` for a row that is not fenced or whose registration holds (the
+/// version rule explains it).
+pub(super) fn fenced_out(state: &FenceState, write: &WriteRow) -> Option<Error> {
+    let fence = write.fence.as_ref()?;
+    if !state.revoked.contains(fence) {
+        return None;
+    }
     let id = &write.row.persistence_id;
-    match owners.get(id) {
-        Some((current, _)) if *current == epoch => None,
-        found => Some(Error::NotOwner {
+    match state.owners.get(id) {
+        Some(Some(owner)) if owner.as_str() != &*fence.replica => Some(Error::NotOwner {
             persistence_id: id.clone(),
-            owner: found.and_then(|(_, replica)| replica.clone()),
+            owner: Some(owner.clone()),
+        }),
+        _ => Some(Error::LeaseLost {
+            replica: fence.replica.to_string(),
         }),
     }
 }
 
 /// Whether any of `rows` is fenced: the statement must then be a fenced form.
 pub(super) fn any_fenced(rows: &[&WriteRow]) -> bool {
-    rows.iter().any(|w| w.epoch.is_some())
+    rows.iter().any(|w| w.fence.is_some())
+}
+
+/// The distinct fences of `rows`.
+pub(super) fn fences_of<'a>(rows: &[&'a WriteRow]) -> Vec<&'a Fence> {
+    let mut fences: Vec<&Fence> = Vec::new();
+    for fence in rows.iter().filter_map(|w| w.fence.as_ref()) {
+        if !fences.contains(&fence) {
+            fences.push(fence);
+        }
+    }
+    fences
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn write(id: &str, epoch: Option<i64>) -> WriteRow {
+    fn fence(replica: &str, incarnation: i64) -> Fence {
+        Fence {
+            replica: replica.into(),
+            incarnation,
+        }
+    }
+
+    fn write(id: &str, fence: Option<Fence>) -> WriteRow {
         WriteRow {
             row: StateRow {
                 persistence_id: id.to_owned(),
@@ -84,27 +143,32 @@ mod tests {
                 timestamp: 0,
                 shard_number: 0,
             },
-            epoch,
+            fence,
         }
     }
 
     #[test]
-    fn only_another_epoch_or_no_owner_row_fences_a_row_out() {
+    fn only_a_revoked_registration_fences_a_row_out() {
         let mut owners = Owners::new();
-        owners.insert("mine".into(), (3, Some("a".into())));
-        owners.insert("taken".into(), (4, Some("b".into())));
-        owners.insert("released".into(), (4, None));
-        assert!(fenced_out(&owners, &write("mine", Some(3))).is_none());
+        owners.insert("taken".into(), Some("b".into()));
+        owners.insert("mine".into(), Some("a".into()));
+        owners.insert("released".into(), None);
+        let state = FenceState {
+            owners,
+            revoked: vec![fence("a", 1)],
+        };
         assert!(
-            fenced_out(&owners, &write("mine", None)).is_none(),
+            fenced_out(&state, &write("taken", None)).is_none(),
             "not fenced"
         );
-        let owner_of = |id, epoch| match fenced_out(&owners, &write(id, Some(epoch))) {
-            Some(Error::NotOwner { owner, .. }) => owner,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(owner_of("taken", 3), Some("b".to_owned()));
-        assert_eq!(owner_of("released", 3), None);
-        assert_eq!(owner_of("gone", 1), None);
+        assert!(
+            fenced_out(&state, &write("taken", Some(fence("a", 2)))).is_none(),
+            "registered: the version rule explains it"
+        );
+        let why = |id| fenced_out(&state, &write(id, Some(fence("a", 1))));
+        assert!(matches!(why("taken"), Some(Error::NotOwner { owner: Some(o), .. }) if o == "b"));
+        for id in ["mine", "released", "gone"] {
+            assert!(matches!(why(id), Some(Error::LeaseLost { .. })), "{id}");
+        }
     }
 }

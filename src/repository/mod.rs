@@ -31,7 +31,7 @@ mod listing;
 mod ownership;
 mod write;
 
-pub(crate) use self::fence::WriteRow;
+pub(crate) use self::fence::{Fence, WriteRow};
 pub(crate) use self::listing::page_limit;
 pub(crate) use self::ownership::{Claim, Claimed, Release, ReplicaId};
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::Type;
 
 use super::Repository;
+use super::fence::Fence;
 use crate::error::Error;
 use crate::pool::PooledClient;
 use crate::queue::{Kind, Pending, Reply};
@@ -18,18 +19,29 @@ use crate::queue::{Kind, Pending, Reply};
 const CLAIM_TRIES: u32 = 3;
 
 /// A replica's identity in the ownership tables: the name the application routes by, and the
-/// incarnation that tells apart two processes that used that name.
+/// incarnation of its registration (a fresh one each time it registers: never reused).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ReplicaId {
     pub(crate) name: String,
     pub(crate) incarnation: i64,
 }
 
+impl ReplicaId {
+    /// The fence of writes made under this registration.
+    pub(crate) fn fence(&self) -> Fence {
+        Fence {
+            replica: self.name.as_str().into(),
+            incarnation: self.incarnation,
+        }
+    }
+}
+
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Claimed {
-    /// The id is this replica's, with a new epoch that its writes carry.
-    Owned { epoch: i64 },
+    /// The id is this replica's, claimed with a new epoch under the registration `fence`,
+    /// which its writes carry.
+    Owned { epoch: i64, fence: Fence },
     /// Another live replica owns it (`None`: its owner row could not be read in time).
     Elsewhere { owner: Option<String> },
 }
@@ -88,12 +100,22 @@ impl Repository {
     /// incarnation holds it with a lease that has not run out: whether it did, and the
     /// instant just before the statement was sent (the lease runs out at least `lease` after
     /// it, in the database's time).
+    /// Deletes the registrations whose lease ran out first, so that a name held by a dead
+    /// process is taken over by deleting its registration, never by changing it in place.
     pub(crate) async fn register(
         &self,
         me: &ReplicaId,
         lease: Duration,
         within: Duration,
     ) -> Result<(bool, Instant), Error> {
+        let revoke = async {
+            let client = self.checkout().await?;
+            client.query_text(&self.ownership.revoke, &[]).await
+        };
+        match tokio::time::timeout(within, revoke).await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Timeout { timeout: within }),
+        };
         self.lease_statement(&self.ownership.register, me, lease, within)
             .await
     }
@@ -160,6 +182,7 @@ impl Repository {
     /// Runs a batch of claims for `me` and answers each.
     pub(crate) async fn claim_batch(&self, me: &ReplicaId, batch: Vec<Pending<Claim>>) {
         metrics::histogram!("durablestore_claim_batch_size").record(batch.len() as f64);
+        // Each batch is three statements: revoke, live replicas, claim.
         let mut ids: Vec<&str> = batch.iter().map(|p| p.input.as_str()).collect();
         // One lock order for every claim and write: ids in byte order.
         ids.sort_unstable();
@@ -187,7 +210,10 @@ impl Repository {
         me: &ReplicaId,
         ids: &[&str],
     ) -> Result<HashMap<String, Claimed>, Error> {
-        // Expiry is the database's to judge: it names the replicas whose lease holds now.
+        // Expiry is the database's to judge. Registrations whose lease ran out are deleted
+        // first: that waits for the writes still holding them and fences out every later
+        // one, so their ids can be taken over. Then the live replicas are named.
+        client.query_text(&self.ownership.revoke, &[]).await?;
         let live: Vec<String> = client
             .query_text(&self.ownership.live, &[])
             .await?
@@ -218,7 +244,10 @@ impl Repository {
                 let epoch: Option<i64> = row.try_get(1).map_err(Error::database)?;
                 let owner: Option<String> = row.try_get(2).map_err(Error::database)?;
                 let claimed = match (epoch, owner) {
-                    (Some(epoch), _) => Claimed::Owned { epoch },
+                    (Some(epoch), _) => Claimed::Owned {
+                        epoch,
+                        fence: me.fence(),
+                    },
                     (None, Some(owner)) => Claimed::Elsewhere { owner: Some(owner) },
                     (None, None) => {
                         unseen.push(id);

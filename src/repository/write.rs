@@ -22,7 +22,7 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::fence::{WriteRow, any_fenced, fenced_out};
+use super::fence::{FenceState, WriteRow, any_fenced, fenced_out, fences_of};
 use super::{Repository, Write, read_row};
 use crate::config::VersionCheck;
 use crate::error::Error;
@@ -179,19 +179,29 @@ impl Repository {
             } else {
                 self.current_rows(client, &refused).await
             };
-            // A fenced row not written may have lost its ownership: its owner row tells.
-            let owners = if refused.is_empty() || !any_fenced(&sent) {
-                Ok(HashMap::new())
+            // A fenced row not written may have lost its ownership: fresh reads tell.
+            let refused_rows: Vec<&WriteRow> = sent
+                .iter()
+                .zip(&is_written)
+                .filter(|(_, written)| !**written)
+                .map(|(write, _)| *write)
+                .collect();
+            let fence_state = if any_fenced(&refused_rows) {
+                self.fence_state(client, &refused, &fences_of(&refused_rows))
+                    .await
             } else {
-                self.owners_of(client, &refused).await
+                Ok(FenceState {
+                    owners: HashMap::new(),
+                    revoked: Vec::new(),
+                })
             };
             let mut again = Vec::new();
             for (&i, written) in todo.iter().zip(is_written) {
                 let write = rows[i];
                 let row = &write.row;
-                let fenced = match &owners {
-                    Ok(owners) if !written => fenced_out(owners, write).map(Err),
-                    Err(error) if !written && write.epoch.is_some() => Some(Err(error.clone())),
+                let fenced = match &fence_state {
+                    Ok(state) if !written => fenced_out(state, write).map(Err),
+                    Err(error) if !written && write.fence.is_some() => Some(Err(error.clone())),
                     _ => None,
                 };
                 outcomes[i] = Some(match (written, fenced, &stored) {
@@ -258,7 +268,10 @@ impl Repository {
     /// to plan and run than the array form. It returns the id if it wrote it.
     async fn apply_one(&self, client: &PooledClient, write: &WriteRow) -> Result<Vec<bool>, Error> {
         let row = &write.row;
-        let fenced = write.epoch.is_some();
+        let fenced = write.fence.as_ref();
+        let replica: Option<&str> = fenced.map(|f| &*f.replica);
+        let incarnation: Option<i64> = fenced.map(|f| f.incarnation);
+        let fenced = fenced.is_some();
         let statement = match (self.version_check, fenced) {
             (VersionCheck::Sequential, false) if row.version_number == 1 => Stmt::InsertOne,
             (VersionCheck::Sequential, false) => Stmt::UpdateOne,
@@ -267,16 +280,17 @@ impl Repository {
             (VersionCheck::Sequential, true) => Stmt::UpdateOneFenced,
             (VersionCheck::Unchecked, true) => Stmt::UpsertOneFenced,
         };
-        let params: [(&(dyn ToSql + Sync), Type); 7] = [
+        let params: [(&(dyn ToSql + Sync), Type); 8] = [
             (&row.persistence_id, Type::TEXT),
             (&row.version_number, Type::INT8),
             (&row.state_payload, Type::BYTEA),
             (&row.state_manifest, Type::TEXT),
             (&row.timestamp, Type::INT8),
             (&row.shard_number, Type::INT8),
-            (&write.epoch, Type::INT8),
+            (&replica, Type::TEXT),
+            (&incarnation, Type::INT8),
         ];
-        // The fenced forms take the epoch as a seventh parameter.
+        // The fenced forms take the registration as two more parameters.
         let params = if fenced { &params[..] } else { &params[..6] };
         let written = client.query(&self.sql, statement, params).await?;
         Ok(vec![!written.is_empty()])
@@ -296,15 +310,23 @@ impl Repository {
         let manifests: Vec<&str> = rows.iter().map(|r| r.state_manifest.as_str()).collect();
         let timestamps: Vec<i64> = rows.iter().map(|r| r.timestamp).collect();
         let shards: Vec<i64> = rows.iter().map(|r| r.shard_number).collect();
-        let epochs: Vec<Option<i64>> = writes.iter().map(|w| w.epoch).collect();
-        let params: [(&(dyn ToSql + Sync), Type); 7] = [
+        let replicas: Vec<Option<&str>> = writes
+            .iter()
+            .map(|w| w.fence.as_ref().map(|f| &*f.replica))
+            .collect();
+        let incarnations: Vec<Option<i64>> = writes
+            .iter()
+            .map(|w| w.fence.as_ref().map(|f| f.incarnation))
+            .collect();
+        let params: [(&(dyn ToSql + Sync), Type); 8] = [
             (&ids, Type::TEXT_ARRAY),
             (&versions, Type::INT8_ARRAY),
             (&payloads, Type::BYTEA_ARRAY),
             (&manifests, Type::TEXT_ARRAY),
             (&timestamps, Type::INT8_ARRAY),
             (&shards, Type::INT8_ARRAY),
-            (&epochs, Type::INT8_ARRAY),
+            (&replicas, Type::TEXT_ARRAY),
+            (&incarnations, Type::INT8_ARRAY),
         ];
         let fenced = any_fenced(writes);
         let statement = match (self.version_check, fenced) {
@@ -313,7 +335,7 @@ impl Repository {
             (VersionCheck::Sequential, true) => Stmt::WriteCheckedFenced,
             (VersionCheck::Unchecked, true) => Stmt::WriteUncheckedFenced,
         };
-        // The fenced forms take the epochs as a seventh array.
+        // The fenced forms take the registrations as two more arrays.
         let params = if fenced { &params[..] } else { &params[..6] };
         let result = client.query(&self.sql, statement, params).await?;
         Ok(written_of(&ids, result.first()))

@@ -12,10 +12,10 @@ pub(crate) const OWNERSHIP_DDL: &str = include_str!("../../resources/ownership.s
 /// Distributing the ownership tables on Citus, shipped in `resources/`.
 pub(crate) const OWNERSHIP_CITUS_DDL: &str = include_str!("../../resources/ownership_citus.sql");
 
-/// The input rows of a fenced multi-row write: the six columns, then the epoch each row's
-/// write was claimed with (NULL for a row that is not fenced).
-const FENCED_INPUT: &str = r#"SELECT * FROM UNNEST($1::text[], $2::int8[], $3::bytea[], $4::text[], $5::int8[], $6::int8[], $7::int8[])
-        WITH ORDINALITY AS i(persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number, epoch, ord)"#;
+/// The input rows of a fenced multi-row write: the six columns, then the replica and the
+/// incarnation of the registration each row is fenced by (NULLs for a row that is not).
+const FENCED_INPUT: &str = r#"SELECT * FROM UNNEST($1::text[], $2::int8[], $3::bytea[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::int8[])
+        WITH ORDINALITY AS i(persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number, replica, incarnation, ord)"#;
 
 /// The longest names the derived tables may be built from: `{table}_replicas` must still be
 /// an identifier (63 bytes).
@@ -33,11 +33,15 @@ fn tables(schema: &Identifier, table: &Identifier) -> (String, String) {
     (q("_owners"), q("_replicas"))
 }
 
-/// The fenced forms of the write statements, on `t` with owners table `o` (qualified, quoted).
-/// The owner rows of the fenced input rows are locked `FOR SHARE` before any state row is
-/// touched, and only rows whose owner row still has their epoch are written: a claim that
-/// committed first changed the epoch (so the row is not written), and one that comes later
-/// waits for this statement's transaction.
+/// The fenced forms of the write statements, on `t` with replicas table `r` (qualified,
+/// quoted). A fenced row is written by an owned entity of a registered replica; the statement
+/// locks the rows of those registrations `FOR KEY SHARE` before it touches any state row, and
+/// writes only rows whose registration is still there. Ownership moves away from a replica
+/// only through that row: a takeover from a replica whose lease ran out first deletes its
+/// registration (which waits for the writes that hold it, and makes every later one fail),
+/// and an entity releases its id only once none of its writes can still be running. So a
+/// write of an old claim never commits after a newer claim on the id. One lock per statement
+/// (per registration), not per row: renewals, which change no key, do not wait for writes.
 #[derive(Debug)]
 pub(crate) struct Fenced {
     pub write_checked: String,
@@ -47,23 +51,26 @@ pub(crate) struct Fenced {
     pub upsert_one: String,
     /// The owner row of each id of `$1::text[]`: id, epoch, replica (NULL when released).
     pub owners_of: String,
+    /// Whether registration `$1` (replica) / `$2` (incarnation) is still there.
+    pub registered: String,
 }
 
 impl Fenced {
     pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
         let t = format!("{}.{}", schema.quoted(), table.quoted());
-        let (o, _) = tables(schema, table);
-        // Locked in id order (the order of every writer and claim): no deadlock between them.
+        let (o, r) = tables(schema, table);
         let fence = format!(
-            r#"input AS ({FENCED_INPUT}),
-fence AS MATERIALIZED (
-    SELECT o.persistence_id FROM {o} o JOIN input i ON o.persistence_id = i.persistence_id
-    WHERE o.epoch = i.epoch ORDER BY o.persistence_id FOR SHARE OF o
+            r#"fence AS MATERIALIZED (
+    SELECT r.replica, r.incarnation FROM {r} r
+    JOIN (SELECT DISTINCT f.replica, f.incarnation
+          FROM UNNEST($7::text[], $8::int8[]) AS f(replica, incarnation)
+          WHERE f.incarnation IS NOT NULL) f
+      ON r.replica = f.replica AND r.incarnation = f.incarnation
+    ORDER BY r.replica FOR KEY SHARE OF r
 ),
-allowed AS MATERIALIZED (
-    SELECT i.* FROM input i
-    WHERE i.epoch IS NULL OR i.persistence_id IN (SELECT f.persistence_id FROM fence f)
-)"#
+allowed AS ({FENCED_INPUT}
+    WHERE i.incarnation IS NULL
+       OR (i.replica, i.incarnation) IN (SELECT fence.replica::text, fence.incarnation FROM fence))"#
         );
         let write_checked = checked_write(&t, &fence, "allowed");
         let write_unchecked = format!(
@@ -78,8 +85,8 @@ written AS (
 SELECT count(*), array_agg(persistence_id::text) FROM written"#
         );
         let one_fence = format!(
-            "WITH fence AS MATERIALIZED (SELECT 1 FROM {o} \
-             WHERE persistence_id = $1::text AND epoch = $7::int8 FOR SHARE)\n"
+            "WITH fence AS MATERIALIZED (SELECT 1 FROM {r} \
+             WHERE replica = $7::text AND incarnation = $8::int8 FOR KEY SHARE)\n"
         );
         let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
         let insert_one = format!(
@@ -101,6 +108,9 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             "SELECT persistence_id::text, epoch, replica::text FROM {o} \
              WHERE persistence_id = ANY($1::text[])"
         );
+        let registered = format!(
+            "SELECT EXISTS (SELECT 1 FROM {r} WHERE replica = $1::text AND incarnation = $2::int8)"
+        );
         Fenced {
             write_checked,
             write_unchecked,
@@ -108,6 +118,7 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             update_one,
             upsert_one,
             owners_of,
+            registered,
         }
     }
 }
@@ -121,8 +132,11 @@ pub(crate) struct OwnershipSql {
     pub create: String,
     /// [`OwnershipSql::create`], then `resources/ownership_citus.sql`.
     pub create_distributed: String,
+    /// Deletes the registrations whose lease has run out (after the writes that hold them):
+    /// their replicas' ids can be taken over, and nothing they still send commits.
+    pub revoke: String,
     /// Takes the replica name `$1` for incarnation `$2` with a lease of `$3` ms, unless
-    /// another incarnation holds it with a lease that has not run out; a row if it did.
+    /// another incarnation holds it (run after [`OwnershipSql::revoke`]); a row if it did.
     pub register: String,
     /// Extends the lease of `$1` incarnation `$2` to `$3` ms from now; a row if it is still
     /// this incarnation's.
@@ -163,15 +177,11 @@ impl OwnershipSql {
         let exists =
             format!("SELECT to_regclass('{o}') IS NOT NULL AND to_regclass('{r}') IS NOT NULL");
         let lease = "now() + $3::int8 * interval '1 millisecond'";
-        // "The held lease ran out" is said without `now()` in the `ON CONFLICT` clause (which
-        // Citus refuses there, on its reference table): the new lease ends `$3` ms after now.
+        let revoke = format!("DELETE FROM {r} WHERE lease_until <= now()");
         let register = format!(
             "INSERT INTO {r} AS r (replica, incarnation, lease_until) VALUES ($1::text, $2::int8, {lease}) \
-             ON CONFLICT (replica) DO UPDATE SET incarnation = EXCLUDED.incarnation, \
-             lease_until = EXCLUDED.lease_until \
-             WHERE r.incarnation = EXCLUDED.incarnation \
-             OR EXCLUDED.lease_until - r.lease_until >= $3::int8 * interval '1 millisecond' \
-             RETURNING 1"
+             ON CONFLICT (replica) DO UPDATE SET lease_until = EXCLUDED.lease_until \
+             WHERE r.incarnation = EXCLUDED.incarnation RETURNING 1"
         );
         let renew = format!(
             "UPDATE {r} SET lease_until = {lease} WHERE replica = $1::text AND incarnation = $2::int8 \
@@ -208,6 +218,7 @@ LEFT JOIN {o} w ON c.persistence_id IS NULL AND w.persistence_id = i.id"#
             exists,
             create,
             create_distributed,
+            revoke,
             register,
             renew,
             deregister,
@@ -251,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn every_fenced_write_locks_the_owner_row_and_checks_the_epoch() {
+    fn every_fenced_write_locks_its_registration_and_checks_the_incarnation() {
         let (schema, table) = names();
         let fenced = Fenced::for_names(&schema, &table);
         for text in [
@@ -262,13 +273,16 @@ mod tests {
             &fenced.upsert_one,
         ] {
             assert!(
-                text.contains(r#"FROM "tenant_a"."Accounts_owners""#),
+                text.contains(r#"FROM "tenant_a"."Accounts_replicas""#),
                 "{text}"
             );
-            assert!(text.contains("FOR SHARE"), "{text}");
-            assert!(text.contains("epoch = "), "{text}");
-            // The input is read once, by the `allowed` rows; only those are written.
-            assert!(text.matches("FROM input i").count() <= 1, "{text}");
+            assert!(text.contains("FOR KEY SHARE"), "{text}");
+            assert!(text.contains("incarnation = "), "{text}");
+            // Only the `allowed` rows are written; the fence never copies the payloads.
+            assert!(
+                !text.contains("JOIN input"),
+                "the fence reads ids and epochs: {text}"
+            );
         }
     }
 }
