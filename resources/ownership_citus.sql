@@ -1,7 +1,7 @@
 -- Citus: the ownership tables of resources/ownership.sql, after it, on the coordinator;
 -- idempotent. The owners table is distributed by `persistence_id` and colocated with
--- states_store, so a fenced write (which locks the owner row in the same statement) stays on
--- one shard; the replicas table, a few rows read by every claim, is a reference table.
+-- states_store; the replicas table, a few rows locked by every fenced write and read by every
+-- claim, is a reference table, so a fenced write still runs on the one shard of its id.
 
 SELECT create_reference_table('states_store_replicas')
 WHERE NOT EXISTS (

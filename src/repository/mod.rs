@@ -27,6 +27,7 @@ use crate::telemetry::{count_write, outcome_name};
 
 mod citus;
 mod fence;
+mod forms;
 mod listing;
 mod ownership;
 mod write;

@@ -182,7 +182,7 @@ impl Repository {
     /// Runs a batch of claims for `me` and answers each.
     pub(crate) async fn claim_batch(&self, me: &ReplicaId, batch: Vec<Pending<Claim>>) {
         metrics::histogram!("durablestore_claim_batch_size").record(batch.len() as f64);
-        // Each batch is three statements: revoke, live replicas, claim.
+        // Each batch is two statements (revoke, claim), three when some ids are owned.
         let mut ids: Vec<&str> = batch.iter().map(|p| p.input.as_str()).collect();
         // One lock order for every claim and write: ids in byte order.
         ids.sort_unstable();
@@ -204,42 +204,55 @@ impl Repository {
     }
 
     /// Claims `ids` (distinct, sorted): what each claim found.
+    ///
+    /// Expiry is the database's to judge. Registrations whose lease ran out are deleted first:
+    /// that waits for the writes still holding them and fences out every later one. Then the
+    /// ids that need no liveness judged are claimed (nobody's, released, or this
+    /// registration's), and the others are taken over where their owner's registration is
+    /// gone; the rest are another live replica's.
     async fn claim_ids(
         &self,
         client: &PooledClient,
         me: &ReplicaId,
         ids: &[&str],
     ) -> Result<HashMap<String, Claimed>, Error> {
-        // Expiry is the database's to judge. Registrations whose lease ran out are deleted
-        // first: that waits for the writes still holding them and fences out every later
-        // one, so their ids can be taken over. Then the live replicas are named.
         client.query_text(&self.ownership.revoke, &[]).await?;
-        let live: Vec<String> = client
-            .query_text(&self.ownership.live, &[])
-            .await?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(Error::database)?;
         let mut found = HashMap::with_capacity(ids.len());
         let mut todo: Vec<&str> = ids.to_vec();
         for _ in 0..CLAIM_TRIES {
             if todo.is_empty() {
                 break;
             }
-            let rows = client
-                .query_text(
-                    &self.ownership.claim,
-                    &[
-                        (&todo, Type::TEXT_ARRAY),
-                        (&me.name, Type::TEXT),
-                        (&me.incarnation, Type::INT8),
-                        (&live, Type::TEXT_ARRAY),
-                    ],
-                )
-                .await?;
+            let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
+                (&todo, Type::TEXT_ARRAY),
+                (&me.name, Type::TEXT),
+                (&me.incarnation, Type::INT8),
+            ];
+            let mut owned_elsewhere = Vec::new();
+            for row in &client.query_text(&self.ownership.claim, &params).await? {
+                let id: String = row.try_get(0).map_err(Error::database)?;
+                match row.try_get::<_, Option<i64>>(1).map_err(Error::database)? {
+                    Some(epoch) => {
+                        let fence = me.fence();
+                        found.insert(id, Claimed::Owned { epoch, fence });
+                    }
+                    None => owned_elsewhere.push(id),
+                }
+            }
+            if owned_elsewhere.is_empty() {
+                break;
+            }
+            let others: Vec<&str> = owned_elsewhere.iter().map(String::as_str).collect();
+            let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
+                (&others, Type::TEXT_ARRAY),
+                (&me.name, Type::TEXT),
+                (&me.incarnation, Type::INT8),
+            ];
             let mut unseen = Vec::new();
-            for row in &rows {
+            for row in &client
+                .query_text(&self.ownership.take_over, &params)
+                .await?
+            {
                 let id: String = row.try_get(0).map_err(Error::database)?;
                 let epoch: Option<i64> = row.try_get(1).map_err(Error::database)?;
                 let owner: Option<String> = row.try_get(2).map_err(Error::database)?;
@@ -249,6 +262,7 @@ impl Repository {
                         fence: me.fence(),
                     },
                     (None, Some(owner)) => Claimed::Elsewhere { owner: Some(owner) },
+                    // Released or inserted meanwhile: claimed again in the next round.
                     (None, None) => {
                         unseen.push(id);
                         continue;

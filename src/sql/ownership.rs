@@ -143,13 +143,17 @@ pub(crate) struct OwnershipSql {
     pub renew: String,
     /// Gives up the replica name `$1` of incarnation `$2`: its ids can be claimed at once.
     pub deregister: String,
-    /// `replica/incarnation` of every replica whose lease has not run out.
-    pub live: String,
-    /// Claims the ids `$1::text[]` (distinct, sorted) for replica `$2` incarnation `$3`, where
-    /// `$4::text[]` are the live replicas: an id nobody owns, owns with a lease that ran out,
-    /// or that this incarnation owns, is claimed with a new epoch. One row per id: the id,
-    /// the epoch if claimed, the owner otherwise (NULL if the owner row was not visible).
+    /// Claims the ids `$1::text[]` (distinct, sorted) for replica `$2` incarnation `$3` where
+    /// no liveness needs judging: an id nobody owns, that was released, or that this
+    /// registration owns, is claimed with a new epoch. One row per id: the id, and the epoch
+    /// if claimed.
     pub claim: String,
+    /// Takes over the ids `$1::text[]` (sorted) for replica `$2` incarnation `$3` whose
+    /// owner's registration is gone, judged on owner rows this statement's snapshot sees (so
+    /// their registrations, committed before them, are seen too) and only if the row still
+    /// has that epoch. One row per id: the id, the epoch if taken, the owner otherwise (NULL
+    /// if the owner row was not visible or was released meanwhile).
+    pub take_over: String,
     /// Releases the ids `$1::text[]` claimed with the epochs `$2::int8[]` (sorted by id), if
     /// still so claimed; how many.
     pub release: String,
@@ -189,9 +193,6 @@ impl OwnershipSql {
         );
         let deregister =
             format!("DELETE FROM {r} WHERE replica = $1::text AND incarnation = $2::int8");
-        let live = format!(
-            "SELECT replica::text || '/' || incarnation::text FROM {r} WHERE lease_until > now()"
-        );
         let claim = format!(
             r#"WITH claimed AS (
     INSERT INTO {o} AS o (persistence_id, replica, incarnation, epoch)
@@ -200,13 +201,29 @@ impl OwnershipSql {
     SET replica = EXCLUDED.replica, incarnation = EXCLUDED.incarnation, epoch = o.epoch + 1
     WHERE o.replica IS NULL
        OR (o.replica = EXCLUDED.replica AND o.incarnation = EXCLUDED.incarnation)
-       OR NOT (o.replica::text || '/' || o.incarnation::text = ANY ($4::text[]))
     RETURNING o.persistence_id, o.epoch
 )
-SELECT i.id, c.epoch, w.replica::text
+SELECT i.id, c.epoch FROM unnest($1::text[]) AS i(id)
+LEFT JOIN claimed c ON c.persistence_id = i.id"#
+        );
+        // A takeover judges liveness only on owner rows of its own snapshot: one that a
+        // concurrent claim changed meanwhile (another epoch) is not taken.
+        let take_over = format!(
+            r#"WITH dead AS (
+    SELECT w.persistence_id, w.epoch FROM {o} w
+    WHERE w.persistence_id = ANY ($1::text[]) AND w.replica IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM {r} r
+                      WHERE r.replica = w.replica AND r.incarnation = w.incarnation)
+),
+taken AS (
+    UPDATE {o} AS o SET replica = $2::text, incarnation = $3::int8, epoch = o.epoch + 1
+    FROM dead WHERE o.persistence_id = dead.persistence_id AND o.epoch = dead.epoch
+    RETURNING o.persistence_id, o.epoch
+)
+SELECT i.id, t.epoch, w.replica::text
 FROM unnest($1::text[]) AS i(id)
-LEFT JOIN claimed c ON c.persistence_id = i.id
-LEFT JOIN {o} w ON c.persistence_id IS NULL AND w.persistence_id = i.id"#
+LEFT JOIN taken t ON t.persistence_id = i.id
+LEFT JOIN {o} w ON t.persistence_id IS NULL AND w.persistence_id = i.id"#
         );
         let release = format!(
             "WITH released AS (UPDATE {o} AS o SET replica = NULL, incarnation = NULL \
@@ -222,8 +239,8 @@ LEFT JOIN {o} w ON c.persistence_id IS NULL AND w.persistence_id = i.id"#
             register,
             renew,
             deregister,
-            live,
             claim,
+            take_over,
             release,
         }
     }
@@ -253,7 +270,12 @@ mod tests {
         let citus = sql.create_distributed.strip_prefix(&sql.create).unwrap();
         assert!(citus.contains(r#"create_reference_table('"tenant_a"."Accounts_replicas"')"#));
         assert!(citus.contains(r#"colocate_with => '"tenant_a"."Accounts"'"#));
-        for text in [&sql.create_distributed, &sql.claim, &sql.release, &sql.live] {
+        for text in [
+            &sql.create_distributed,
+            &sql.claim,
+            &sql.release,
+            &sql.take_over,
+        ] {
             assert!(
                 !text.contains("states_store") && !text.contains("--"),
                 "{text}"

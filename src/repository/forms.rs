@@ -1,0 +1,125 @@
+//! The statement forms of a write: a lone row as a single-row statement, several as one
+//! statement over arrays (`UNNEST`); each plain or fenced (see [`super::fence`]). Citus'
+//! multi-row `VALUES` form is in [`super::citus`].
+
+use std::collections::HashMap;
+
+use tokio_postgres::Row;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::Repository;
+use super::fence::{WriteRow, any_fenced};
+use crate::config::VersionCheck;
+use crate::error::Error;
+use crate::pool::PooledClient;
+use crate::sql::Stmt;
+use crate::state::StateRow;
+
+impl Repository {
+    /// A lone write (an idle store) takes the plain single-row statement: less for the server
+    /// to plan and run than the array form. It returns the id if it wrote it.
+    pub(super) async fn apply_one(
+        &self,
+        client: &PooledClient,
+        write: &WriteRow,
+    ) -> Result<Vec<bool>, Error> {
+        let row = &write.row;
+        let fenced = write.fence.as_ref();
+        let replica: Option<&str> = fenced.map(|f| &*f.replica);
+        let incarnation: Option<i64> = fenced.map(|f| f.incarnation);
+        let fenced = fenced.is_some();
+        let statement = match (self.version_check, fenced) {
+            (VersionCheck::Sequential, false) if row.version_number == 1 => Stmt::InsertOne,
+            (VersionCheck::Sequential, false) => Stmt::UpdateOne,
+            (VersionCheck::Unchecked, false) => Stmt::UpsertOne,
+            (VersionCheck::Sequential, true) if row.version_number == 1 => Stmt::InsertOneFenced,
+            (VersionCheck::Sequential, true) => Stmt::UpdateOneFenced,
+            (VersionCheck::Unchecked, true) => Stmt::UpsertOneFenced,
+        };
+        let params: [(&(dyn ToSql + Sync), Type); 8] = [
+            (&row.persistence_id, Type::TEXT),
+            (&row.version_number, Type::INT8),
+            (&row.state_payload, Type::BYTEA),
+            (&row.state_manifest, Type::TEXT),
+            (&row.timestamp, Type::INT8),
+            (&row.shard_number, Type::INT8),
+            (&replica, Type::TEXT),
+            (&incarnation, Type::INT8),
+        ];
+        // The fenced forms take the registration as two more parameters.
+        let params = if fenced { &params[..] } else { &params[..6] };
+        let written = client.query(&self.sql, statement, params).await?;
+        Ok(vec![!written.is_empty()])
+    }
+
+    /// Rows as one statement over arrays (`UNNEST`), which takes their row locks in the
+    /// arrays' order.
+    pub(super) async fn apply_arrays(
+        &self,
+        client: &PooledClient,
+        writes: &[&WriteRow],
+    ) -> Result<Vec<bool>, Error> {
+        let rows: Vec<&StateRow> = writes.iter().map(|w| &w.row).collect();
+        let ids: Vec<&str> = rows.iter().map(|r| r.persistence_id.as_str()).collect();
+        let versions: Vec<i64> = rows.iter().map(|r| r.version_number).collect();
+        let payloads: Vec<&[u8]> = rows.iter().map(|r| r.state_payload.as_slice()).collect();
+        let manifests: Vec<&str> = rows.iter().map(|r| r.state_manifest.as_str()).collect();
+        let timestamps: Vec<i64> = rows.iter().map(|r| r.timestamp).collect();
+        let shards: Vec<i64> = rows.iter().map(|r| r.shard_number).collect();
+        let replicas: Vec<Option<&str>> = writes
+            .iter()
+            .map(|w| w.fence.as_ref().map(|f| &*f.replica))
+            .collect();
+        let incarnations: Vec<Option<i64>> = writes
+            .iter()
+            .map(|w| w.fence.as_ref().map(|f| f.incarnation))
+            .collect();
+        let params: [(&(dyn ToSql + Sync), Type); 8] = [
+            (&ids, Type::TEXT_ARRAY),
+            (&versions, Type::INT8_ARRAY),
+            (&payloads, Type::BYTEA_ARRAY),
+            (&manifests, Type::TEXT_ARRAY),
+            (&timestamps, Type::INT8_ARRAY),
+            (&shards, Type::INT8_ARRAY),
+            (&replicas, Type::TEXT_ARRAY),
+            (&incarnations, Type::INT8_ARRAY),
+        ];
+        let fenced = any_fenced(writes);
+        let statement = match (self.version_check, fenced) {
+            (VersionCheck::Sequential, false) => Stmt::WriteChecked,
+            (VersionCheck::Unchecked, false) => Stmt::WriteUnchecked,
+            (VersionCheck::Sequential, true) => Stmt::WriteCheckedFenced,
+            (VersionCheck::Unchecked, true) => Stmt::WriteUncheckedFenced,
+        };
+        // The fenced forms take the registrations as two more arrays.
+        let params = if fenced { &params[..] } else { &params[..6] };
+        let result = client.query(&self.sql, statement, params).await?;
+        Ok(written_of(&ids, result.first()))
+    }
+}
+
+/// Which of `ids` a multi-row write statement wrote, from its one result row: the count of
+/// rows written, and their ids (read only when some were not written). A missing or unreadable
+/// result reads as nothing written, so each row is explained by a fresh read.
+fn written_of(ids: &[&str], result: Option<&Row>) -> Vec<bool> {
+    let Some(result) = result else {
+        return vec![false; ids.len()];
+    };
+    let count: i64 = result.try_get(0).unwrap_or(0);
+    if usize::try_from(count).is_ok_and(|count| count == ids.len()) {
+        return vec![true; ids.len()];
+    }
+    let mut is_written = vec![false; ids.len()];
+    let written: Vec<&str> = result
+        .try_get::<_, Option<Vec<&str>>>(1)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    for id in written {
+        if let Some(&i) = index.get(id) {
+            is_written[i] = true;
+        }
+    }
+    is_written
+}
