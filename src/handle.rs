@@ -230,6 +230,19 @@ impl DurableStore {
         instrumented(span, create).await
     }
 
+    /// Creates the tables of ownership across replicas (`resources/ownership.sql`; on Citus,
+    /// distributed and colocated with the table as `resources/ownership_citus.sql` says) if
+    /// they are missing. A registry with
+    /// [`RegistryBuilder::ownership`](crate::RegistryBuilder::ownership) does this itself when
+    /// it starts; call it from a migration step where the service's role may not create
+    /// tables. Run [`DurableStore::create_schema`] first.
+    ///
+    /// # Errors
+    /// The pool's and the database's errors (e.g. no privilege to create the tables).
+    pub async fn create_ownership_schema(&self) -> Result<(), Error> {
+        self.engine.repository().create_ownership_schema().await
+    }
+
     /// The changes of the table after `from`, following it forever: a stream that delivers
     /// what the feed holds, then waits for more (woken by a notification, or after
     /// [`Config::change_poll_interval`]). See the [`feed`](crate::feed) chapter for what it

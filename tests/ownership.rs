@@ -268,6 +268,19 @@ async fn a_replica_that_cannot_renew_stops_its_entities_before_its_lease_runs_ou
     db.cleanup().await.unwrap();
 }
 
+/// The ownership tables are created on demand (for a migration step), and again is a no-op.
+#[actix::test]
+async fn create_ownership_schema_creates_the_tables_and_again_changes_nothing() {
+    let db = TestDatabase::new().await.unwrap();
+    let store = DurableStore::new(db.config()).unwrap();
+    assert!(!db.table_exists("states_store_owners").await.unwrap());
+    store.create_ownership_schema().await.unwrap();
+    store.create_ownership_schema().await.unwrap();
+    assert!(db.table_exists("states_store_owners").await.unwrap());
+    assert!(db.table_exists("states_store_replicas").await.unwrap());
+    db.cleanup().await.unwrap();
+}
+
 /// Ownership that cannot work is refused when the registry starts, before anything runs.
 #[actix::test]
 async fn ownership_that_cannot_work_is_refused_at_start() {
