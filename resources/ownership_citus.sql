@@ -1,7 +1,8 @@
 -- Citus: the ownership tables of resources/ownership.sql, after it, on the coordinator;
 -- idempotent. The owners table is distributed by `persistence_id` and colocated with
--- states_store; the replicas table, a few rows locked by every fenced write and read by every
--- claim, is a reference table, so a fenced write still runs on the one shard of its id.
+-- states_store, so that a fenced write, which on Citus locks the id's owner row and checks its
+-- epoch, runs on the one shard of its id; the replicas table, a few rows read by claims, is a
+-- reference table.
 
 SELECT create_reference_table('states_store_replicas')
 WHERE NOT EXISTS (

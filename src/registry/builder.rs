@@ -2,13 +2,13 @@
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix::ArbiterHandle;
 use tokio::sync::Notify;
 
-use super::lease::{Lease, RegistryClaims, keep};
+use super::lease::{Lease, Passivate, RegistryClaims, keep};
 use super::ownership::Ownership;
 use super::shared::{Shared, sweep_idle};
 use super::table::Table;
@@ -169,7 +169,7 @@ where
             None => None,
             Some(ownership) => Some(lease_for(ownership, &self.store)?),
         };
-        let shared = Arc::new_cyclic(|registry| Shared {
+        let shared = Arc::new_cyclic(|registry: &Weak<Shared<B>>| Shared {
             arbiter,
             factory: self.factory,
             store: self.store,
@@ -183,15 +183,14 @@ where
             table: Mutex::new(Table::default()),
             all_stopped: Notify::new(),
             claims: lease.clone().map(|lease| {
-                Arc::new(RegistryClaims {
-                    lease,
-                    registry: registry.clone(),
-                }) as Arc<dyn Claims>
+                let registry: Weak<dyn Passivate> = registry.clone();
+                Arc::new(RegistryClaims { lease, registry }) as Arc<dyn Claims>
             }),
             lease,
         });
         if let Some(lease) = &shared.lease {
-            let keeper = keep(Arc::clone(lease), Arc::downgrade(&shared));
+            let registry: Weak<dyn Passivate> = Arc::downgrade(&shared) as Weak<Shared<B>>;
+            let keeper = keep(Arc::clone(lease), registry);
             if !shared.arbiter.spawn(keeper) {
                 return Err(Error::NoRuntime);
             }

@@ -17,8 +17,6 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, oneshot};
 
 use super::ownership::Ownership;
-use super::shared::Shared;
-use crate::behavior::DurableStateBehavior;
 use crate::entity::Claims;
 use crate::error::Error;
 use crate::handle::DurableStore;
@@ -27,6 +25,14 @@ use crate::repository::{Claim, Claimed, Release, ReplicaId, Repository};
 
 /// How many claim batches run at once.
 const CLAIM_WORKERS: u32 = 2;
+
+/// What the lease asks of its registry: stopping entities.
+pub(super) trait Passivate: Send + Sync {
+    /// Passivates every live entity.
+    fn passivate_all(&self);
+    /// Passivates the live entity `id`, if it is live.
+    fn passivate(&self, id: &str);
+}
 
 /// A registry's lease and the queues of its claims and releases.
 pub(super) struct Lease {
@@ -191,10 +197,7 @@ fn current(me: &Mutex<Arc<ReplicaId>>) -> Arc<ReplicaId> {
 /// Keeps the lease of a registry: creates the tables if need be, registers, renews every
 /// third of the lease (sooner after a failure), and passivates every entity of the registry
 /// once the lease stops holding. Ends when the registry stops or is dropped.
-pub(super) async fn keep<B: DurableStateBehavior>(lease: Arc<Lease>, registry: Weak<Shared<B>>)
-where
-    B::State: Send,
-{
+pub(super) async fn keep(lease: Arc<Lease>, registry: Weak<dyn Passivate>) {
     let every = lease.lease / 3;
     let retry = (lease.lease / 10).max(Duration::from_millis(10));
     let mut schema = false;
@@ -271,28 +274,19 @@ where
     }
 }
 
-fn passivate_all<B: DurableStateBehavior>(registry: &Weak<Shared<B>>)
-where
-    B::State: Send,
-{
+fn passivate_all(registry: &Weak<dyn Passivate>) {
     if let Some(registry) = registry.upgrade() {
-        registry.lock().passivate_all();
+        registry.passivate_all();
     }
 }
 
 /// The ownership of one registry, as its entities see it.
-pub(super) struct RegistryClaims<B: DurableStateBehavior>
-where
-    B::State: Send,
-{
+pub(super) struct RegistryClaims {
     pub(super) lease: Arc<Lease>,
-    pub(super) registry: Weak<Shared<B>>,
+    pub(super) registry: Weak<dyn Passivate>,
 }
 
-impl<B: DurableStateBehavior> Claims for RegistryClaims<B>
-where
-    B::State: Send,
-{
+impl Claims for RegistryClaims {
     fn replica(&self) -> &str {
         &self.lease.name
     }
@@ -311,7 +305,7 @@ where
 
     fn give_up(&self, id: &str) {
         if let Some(registry) = self.registry.upgrade() {
-            registry.lock().passivate_id(id);
+            registry.passivate(id);
         }
     }
 }

@@ -10,7 +10,7 @@ use actix::{Addr, ArbiterHandle, Context, MailboxError};
 use tokio::sync::{Notify, oneshot};
 
 use super::Factory;
-use super::lease::Lease;
+use super::lease::{Lease, Passivate};
 use crate::behavior::{CommandError, DurableStateBehavior};
 use crate::entity::{
     Claims, ConflictPolicy, DurableEntity, OnDrop, RecoveryPolicy, Sharding, StateStore,
@@ -293,6 +293,19 @@ where
         }
         table.passivate_idle(Instant::now(), idle_timeout);
         true
+    }
+}
+
+impl<B: DurableStateBehavior> Passivate for Shared<B>
+where
+    B::State: Send,
+{
+    fn passivate_all(&self) {
+        self.lock().passivate_all();
+    }
+
+    fn passivate(&self, id: &str) {
+        self.lock().passivate_id(id);
     }
 }
 

@@ -15,11 +15,19 @@ use crate::error::Error;
 use crate::pool::PooledClient;
 use crate::state::StateRow;
 
-/// The registration a fenced write is made under.
+/// The claim a fenced write is made under: the registration (replica and incarnation), and
+/// the claim's epoch (the fence on Citus, where a registration row is a reference table's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Fence {
     pub(crate) replica: Arc<str>,
     pub(crate) incarnation: i64,
+    pub(crate) epoch: i64,
+}
+
+impl Fence {
+    fn registration(&self) -> (&str, i64) {
+        (&self.replica, self.incarnation)
+    }
 }
 
 /// One write as the repository sends it: the row, and the registration it is fenced by
@@ -36,14 +44,14 @@ impl From<StateRow> for WriteRow {
     }
 }
 
-/// The owning replica of some ids (`None` once released).
-pub(super) type Owners = HashMap<String, Option<String>>;
+/// The epoch and owning replica of some ids (`None` once released).
+pub(super) type Owners = HashMap<String, (i64, Option<String>)>;
 
 /// What fresh reads say about the refused fenced rows of a statement.
 pub(super) struct FenceState {
     pub(super) owners: Owners,
-    /// The fences of the statement whose registration is gone.
-    pub(super) revoked: Vec<Fence>,
+    /// The registrations of the statement that are gone.
+    pub(super) revoked: Vec<(Arc<str>, i64)>,
 }
 
 impl Repository {
@@ -61,8 +69,9 @@ impl Repository {
         let mut owners = HashMap::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get(0).map_err(Error::database)?;
+            let epoch: i64 = row.try_get(1).map_err(Error::database)?;
             let replica: Option<String> = row.try_get(2).map_err(Error::database)?;
-            owners.insert(id, replica);
+            owners.insert(id, (epoch, replica));
         }
         let mut revoked = Vec::new();
         for fence in fences {
@@ -78,25 +87,31 @@ impl Repository {
                 None => false,
             };
             if !registered {
-                revoked.push((*fence).clone());
+                revoked.push((Arc::clone(&fence.replica), fence.incarnation));
             }
         }
         Ok(FenceState { owners, revoked })
     }
 }
 
-/// Why a fenced row was not written, if the fence is the reason: its registration is gone.
-/// The id is then another replica's if its owner row names one, and otherwise this replica
-/// lost its lease. `None` for a row that is not fenced or whose registration holds (the
-/// version rule explains it).
+/// Why a fenced row was not written, if the fence is the reason: its registration is gone,
+/// or its id was claimed again since (another epoch). The id is then another replica's if its
+/// owner row names one, and otherwise this replica lost its lease. `None` for a row that is
+/// not fenced or whose claim holds (the version rule explains it).
 pub(super) fn fenced_out(state: &FenceState, write: &WriteRow) -> Option<Error> {
     let fence = write.fence.as_ref()?;
-    if !state.revoked.contains(fence) {
+    let id = &write.row.persistence_id;
+    let owner = state.owners.get(id);
+    let revoked = state
+        .revoked
+        .iter()
+        .any(|(replica, incarnation)| (&**replica, *incarnation) == fence.registration());
+    let claimed_since = owner.is_none_or(|(epoch, _)| *epoch != fence.epoch);
+    if !revoked && !claimed_since {
         return None;
     }
-    let id = &write.row.persistence_id;
-    match state.owners.get(id) {
-        Some(Some(owner)) if owner.as_str() != &*fence.replica => Some(Error::NotOwner {
+    match owner {
+        Some((_, Some(owner))) if owner.as_str() != &*fence.replica => Some(Error::NotOwner {
             persistence_id: id.clone(),
             owner: Some(owner.clone()),
         }),
@@ -111,11 +126,14 @@ pub(super) fn any_fenced(rows: &[&WriteRow]) -> bool {
     rows.iter().any(|w| w.fence.is_some())
 }
 
-/// The distinct fences of `rows`.
+/// One fence of each registration of `rows`.
 pub(super) fn fences_of<'a>(rows: &[&'a WriteRow]) -> Vec<&'a Fence> {
     let mut fences: Vec<&Fence> = Vec::new();
     for fence in rows.iter().filter_map(|w| w.fence.as_ref()) {
-        if !fences.contains(&fence) {
+        if !fences
+            .iter()
+            .any(|f| f.registration() == fence.registration())
+        {
             fences.push(fence);
         }
     }
@@ -130,6 +148,7 @@ mod tests {
         Fence {
             replica: replica.into(),
             incarnation,
+            epoch: 1,
         }
     }
 
@@ -150,13 +169,19 @@ mod tests {
     #[test]
     fn only_a_revoked_registration_fences_a_row_out() {
         let mut owners = Owners::new();
-        owners.insert("taken".into(), Some("b".into()));
-        owners.insert("mine".into(), Some("a".into()));
-        owners.insert("released".into(), None);
+        owners.insert("taken".into(), (1, Some("b".into())));
+        owners.insert("mine".into(), (1, Some("a".into())));
+        owners.insert("released".into(), (1, None));
+        owners.insert("reclaimed".into(), (2, Some("b".into())));
         let state = FenceState {
             owners,
-            revoked: vec![fence("a", 1)],
+            revoked: vec![("a".into(), 1)],
         };
+        assert!(
+            matches!(fenced_out(&state, &write("reclaimed", Some(fence("a", 2)))),
+                Some(Error::NotOwner { owner: Some(o), .. }) if o == "b"),
+            "another epoch fences out, registered or not"
+        );
         assert!(
             fenced_out(&state, &write("taken", None)).is_none(),
             "not fenced"

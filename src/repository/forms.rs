@@ -22,8 +22,14 @@ impl Repository {
         &self,
         client: &PooledClient,
         write: &WriteRow,
+        by_epoch: bool,
     ) -> Result<Vec<bool>, Error> {
         let row = &write.row;
+        if by_epoch {
+            if let Some(fence) = &write.fence {
+                return self.apply_one_by_epoch(client, row, fence.epoch).await;
+            }
+        }
         let fenced = write.fence.as_ref();
         let replica: Option<&str> = fenced.map(|f| &*f.replica);
         let incarnation: Option<i64> = fenced.map(|f| f.incarnation);
@@ -49,6 +55,31 @@ impl Repository {
         // The fenced forms take the registration as two more parameters.
         let params = if fenced { &params[..] } else { &params[..6] };
         let written = client.query(&self.sql, statement, params).await?;
+        Ok(vec![!written.is_empty()])
+    }
+
+    /// A lone row fenced by its owner row and `epoch` (Citus: single-shard, colocated).
+    async fn apply_one_by_epoch(
+        &self,
+        client: &PooledClient,
+        row: &StateRow,
+        epoch: i64,
+    ) -> Result<Vec<bool>, Error> {
+        let statement = match self.version_check {
+            VersionCheck::Sequential if row.version_number == 1 => Stmt::InsertOneByEpoch,
+            VersionCheck::Sequential => Stmt::UpdateOneByEpoch,
+            VersionCheck::Unchecked => Stmt::UpsertOneByEpoch,
+        };
+        let params: [(&(dyn ToSql + Sync), Type); 7] = [
+            (&row.persistence_id, Type::TEXT),
+            (&row.version_number, Type::INT8),
+            (&row.state_payload, Type::BYTEA),
+            (&row.state_manifest, Type::TEXT),
+            (&row.timestamp, Type::INT8),
+            (&row.shard_number, Type::INT8),
+            (&epoch, Type::INT8),
+        ];
+        let written = client.query(&self.sql, statement, &params).await?;
         Ok(vec![!written.is_empty()])
     }
 

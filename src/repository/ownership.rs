@@ -27,11 +27,12 @@ pub(crate) struct ReplicaId {
 }
 
 impl ReplicaId {
-    /// The fence of writes made under this registration.
-    pub(crate) fn fence(&self) -> Fence {
+    /// The fence of writes made under this registration, for a claim of `epoch`.
+    pub(crate) fn fence(&self, epoch: i64) -> Fence {
         Fence {
             replica: self.name.as_str().into(),
             incarnation: self.incarnation,
+            epoch,
         }
     }
 }
@@ -233,7 +234,7 @@ impl Repository {
                 let id: String = row.try_get(0).map_err(Error::database)?;
                 match row.try_get::<_, Option<i64>>(1).map_err(Error::database)? {
                     Some(epoch) => {
-                        let fence = me.fence();
+                        let fence = me.fence(epoch);
                         found.insert(id, Claimed::Owned { epoch, fence });
                     }
                     None => owned_elsewhere.push(id),
@@ -259,7 +260,7 @@ impl Repository {
                 let claimed = match (epoch, owner) {
                     (Some(epoch), _) => Claimed::Owned {
                         epoch,
-                        fence: me.fence(),
+                        fence: me.fence(epoch),
                     },
                     (None, Some(owner)) => Claimed::Elsewhere { owner: Some(owner) },
                     // Released or inserted meanwhile: claimed again in the next round.

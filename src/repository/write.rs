@@ -75,14 +75,16 @@ impl Repository {
                     // Citus routes a fenced write (which locks the owner row) only when it
                     // names one id: fenced rows go one statement each there.
                     None if values && any_fenced(&rows) => {
-                        self.write_one_by_one(&client, &rows, &mut failed).await
+                        self.write_one_by_one(&client, &rows, &mut failed, values)
+                            .await
                     }
                     None => match self.write_rows(&client, &rows, values).await {
                         Ok(outcomes) => outcomes,
                         // A statement fails as a whole. If one row may be to blame, write
                         // each row alone so the others land.
                         Err(error) if rows.len() > 1 && one_row_can_cause(&error) => {
-                            self.write_one_by_one(&client, &rows, &mut failed).await
+                            self.write_one_by_one(&client, &rows, &mut failed, values)
+                                .await
                         }
                         Err(error) => {
                             failed = Some(error.clone());
@@ -109,6 +111,7 @@ impl Repository {
         client: &PooledClient,
         rows: &[&WriteRow],
         failed: &mut Option<Error>,
+        citus: bool,
     ) -> Vec<Result<WriteOutcome, Error>> {
         let mut outcomes = Vec::with_capacity(rows.len());
         for row in rows {
@@ -117,7 +120,7 @@ impl Repository {
                 continue;
             }
             let outcome = match self
-                .write_rows(client, std::slice::from_ref(row), false)
+                .write_rows(client, std::slice::from_ref(row), citus)
                 .await
             {
                 Ok(mut single) => single.pop().unwrap_or_else(|| Err(no_result(&row.row))),
@@ -244,7 +247,8 @@ impl Repository {
         let mut tried = 0;
         loop {
             let result = match rows {
-                [row] => self.apply_one(client, row).await,
+                // On Citus a fenced row is fenced by its owner row (see `Fenced::by_epoch`).
+                [row] => self.apply_one(client, row, values).await,
                 _ if values => {
                     let rows: Vec<&StateRow> = rows.iter().map(|w| &w.row).collect();
                     self.write_values(client, &rows).await

@@ -119,10 +119,13 @@ pub(crate) enum Stmt {
     InsertOneFenced = 11,
     UpdateOneFenced = 12,
     UpsertOneFenced = 13,
+    InsertOneByEpoch = 14,
+    UpdateOneByEpoch = 15,
+    UpsertOneByEpoch = 16,
 }
 
 impl Stmt {
-    pub(crate) const COUNT: usize = 14;
+    pub(crate) const COUNT: usize = 17;
 }
 
 /// Asks whether the `citus` extension is installed in the database (see
@@ -208,6 +211,9 @@ impl Sql {
             Stmt::InsertOneFenced => &self.fenced.insert_one,
             Stmt::UpdateOneFenced => &self.fenced.update_one,
             Stmt::UpsertOneFenced => &self.fenced.upsert_one,
+            Stmt::InsertOneByEpoch => &self.fenced.by_epoch[0],
+            Stmt::UpdateOneByEpoch => &self.fenced.by_epoch[1],
+            Stmt::UpsertOneByEpoch => &self.fenced.by_epoch[2],
         }
     }
 

@@ -49,6 +49,9 @@ pub(crate) struct Fenced {
     pub insert_one: String,
     pub update_one: String,
     pub upsert_one: String,
+    /// The single-row insert, update and upsert fenced by the id's owner row and epoch
+    /// instead (Citus).
+    pub by_epoch: [String; 3],
     /// The owner row of each id of `$1::text[]`: id, epoch, replica (NULL when released).
     pub owners_of: String,
     /// Whether registration `$1` (replica) / `$2` (incarnation) is still there.
@@ -88,22 +91,15 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             "WITH fence AS MATERIALIZED (SELECT 1 FROM {r} \
              WHERE replica = $7::text AND incarnation = $8::int8 FOR KEY SHARE)\n"
         );
-        let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
-        let insert_one = format!(
-            "{one_fence}INSERT INTO {t} ({COLUMNS}) SELECT {one} FROM fence \
-             ON CONFLICT (persistence_id) DO NOTHING RETURNING persistence_id"
+        let [insert_one, update_one, upsert_one] = one_row_forms(&t, &one_fence);
+        // On Citus the registration is a reference table row, whose locks Citus serializes
+        // across its placements (deadlocks under load): there the fence is the id's owner row,
+        // colocated with the state, locked with its epoch ($7).
+        let epoch_fence = format!(
+            "WITH fence AS MATERIALIZED (SELECT 1 FROM {o} \
+             WHERE persistence_id = $1::text AND epoch = $7::int8 FOR SHARE)\n"
         );
-        let update_one = format!(
-            r#"{one_fence}UPDATE {t} SET version_number = $2::int8, state_payload = $3::bytea,
-        state_manifest = $4::text, "timestamp" = $5::int8, shard_number = $6::int8
-    WHERE persistence_id = $1::text AND version_number = $2::int8 - 1
-      AND EXISTS (SELECT 1 FROM fence)
-    RETURNING persistence_id"#
-        );
-        let upsert_one = format!(
-            "{one_fence}INSERT INTO {t} AS s ({COLUMNS}) SELECT {one} FROM fence \
-             ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL} RETURNING s.persistence_id"
-        );
+        let by_epoch = one_row_forms(&t, &epoch_fence);
         let owners_of = format!(
             "SELECT persistence_id::text, epoch, replica::text FROM {o} \
              WHERE persistence_id = ANY($1::text[])"
@@ -117,10 +113,34 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
             insert_one,
             update_one,
             upsert_one,
+            by_epoch,
             owners_of,
             registered,
         }
     }
+}
+
+/// The single-row insert, update and upsert into `t`, each written only if the CTE `fence`
+/// (which `fence_cte` defines) has a row.
+fn one_row_forms(t: &str, fence_cte: &str) -> [String; 3] {
+    let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
+    [
+        format!(
+            "{fence_cte}INSERT INTO {t} ({COLUMNS}) SELECT {one} FROM fence \
+             ON CONFLICT (persistence_id) DO NOTHING RETURNING persistence_id"
+        ),
+        format!(
+            r#"{fence_cte}UPDATE {t} SET version_number = $2::int8, state_payload = $3::bytea,
+        state_manifest = $4::text, "timestamp" = $5::int8, shard_number = $6::int8
+    WHERE persistence_id = $1::text AND version_number = $2::int8 - 1
+      AND EXISTS (SELECT 1 FROM fence)
+    RETURNING persistence_id"#
+        ),
+        format!(
+            "{fence_cte}INSERT INTO {t} AS s ({COLUMNS}) SELECT {one} FROM fence \
+             ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL} RETURNING s.persistence_id"
+        ),
+    ]
 }
 
 /// The statements of a registry's ownership, built once from the store's schema and table.
