@@ -309,7 +309,7 @@ impl DurableStore {
 /// Submits a request with a fresh reply channel, waits for room in its queue if need be, then
 /// for the answer. An answer that never comes (the runtime shut the workers down) is
 /// [`Error::Interrupted`]: a write's outcome is then unknown.
-async fn ask<T>(submit: impl FnOnce(Reply<T>) -> Option<Admission>) -> Result<T, Error> {
+pub(crate) async fn ask<T>(submit: impl FnOnce(Reply<T>) -> Option<Admission>) -> Result<T, Error> {
     let (reply, answer) = oneshot::channel();
     if let Some(admission) = submit(Some(reply)) {
         admission.await;

@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 use super::ownership::Ownership;
 use crate::entity::Claims;
 use crate::error::Error;
-use crate::handle::DurableStore;
+use crate::handle::{DurableStore, ask};
 use crate::queue::Queue;
 use crate::repository::{Claim, Claimed, Release, ReplicaId, Repository};
 
@@ -150,11 +150,7 @@ impl Lease {
         let id = id.to_owned();
         Box::pin(async move {
             lease.held().await?;
-            let (reply, answer) = oneshot::channel();
-            if let Some(admission) = lease.claims.submit(id, Some(reply)) {
-                admission.await;
-            }
-            answer.await.unwrap_or(Err(Error::Interrupted))
+            ask(|reply| lease.claims.submit(id, reply)).await
         })
     }
 

@@ -97,14 +97,19 @@ impl Repository {
         let manifests: Vec<&str> = rows.iter().map(|r| r.state_manifest.as_str()).collect();
         let timestamps: Vec<i64> = rows.iter().map(|r| r.timestamp).collect();
         let shards: Vec<i64> = rows.iter().map(|r| r.shard_number).collect();
-        let replicas: Vec<Option<&str>> = writes
-            .iter()
-            .map(|w| w.fence.as_ref().map(|f| &*f.replica))
-            .collect();
-        let incarnations: Vec<Option<i64>> = writes
-            .iter()
-            .map(|w| w.fence.as_ref().map(|f| f.incarnation))
-            .collect();
+        let fenced = any_fenced(writes);
+        // Only the fenced forms take the registrations.
+        let (replicas, incarnations): (Vec<Option<&str>>, Vec<Option<i64>>) = if fenced {
+            writes
+                .iter()
+                .map(|w| match &w.fence {
+                    Some(f) => (Some(&*f.replica), Some(f.incarnation)),
+                    None => (None, None),
+                })
+                .unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let params: [(&(dyn ToSql + Sync), Type); 8] = [
             (&ids, Type::TEXT_ARRAY),
             (&versions, Type::INT8_ARRAY),
@@ -115,7 +120,6 @@ impl Repository {
             (&replicas, Type::TEXT_ARRAY),
             (&incarnations, Type::INT8_ARRAY),
         ];
-        let fenced = any_fenced(writes);
         let statement = match (self.version_check, fenced) {
             (VersionCheck::Sequential, false) => Stmt::WriteChecked,
             (VersionCheck::Unchecked, false) => Stmt::WriteUnchecked,
