@@ -110,6 +110,53 @@ async fn a_non_owner_names_the_owner_and_forwarding_there_applies_the_command() 
     db.cleanup().await.unwrap();
 }
 
+/// One store carrying two owned registries (two replica names) and plain writes at once:
+/// every batch mixes rows of two registrations and unfenced rows, and each is written under
+/// its own fence (a fenced statement is checked against one registration).
+#[actix::test]
+async fn one_store_carries_two_registrations_and_plain_writes_at_once() {
+    let db = TestDatabase::new().await.unwrap();
+    let store = DurableStore::new(db.config()).unwrap();
+    let a = owned(store.clone(), "replica-a");
+    let b = owned(store.clone(), "replica-b");
+    let ids = |prefix: &str| -> Vec<String> { (0..40).map(|i| format!("{prefix}-{i}")).collect() };
+    let (ids_a, ids_b) = (ids("a"), ids("b"));
+    for round in 1..=3_i64 {
+        let to_a = join_all(ids_a.iter().map(|id| a.send(id, Deposit(1))));
+        let to_b = join_all(ids_b.iter().map(|id| b.send(id, Deposit(2))));
+        let plain = join_all((0..40).map(|i| {
+            let version = u64::try_from(round).unwrap();
+            store.write(common::state(&format!("p-{i}"), version, round))
+        }));
+        let (to_a, to_b, plain) = futures_util::join!(to_a, to_b, plain);
+        assert!(
+            to_a.iter()
+                .all(|r| matches!(r, Ok((balance, _)) if *balance == round))
+        );
+        assert!(
+            to_b.iter()
+                .all(|r| matches!(r, Ok((balance, _)) if *balance == 2 * round))
+        );
+        assert!(plain.iter().all(Result::is_ok), "{plain:?}");
+    }
+    a.stop().await;
+    // The other registration's ids and the plain rows are not fenced by the one that left.
+    assert_eq!(b.send("b-0", Deposit(2)).await.unwrap(), (8, 4));
+    store.write(common::state("p-0", 4, 4)).await.unwrap();
+    for i in 0..40 {
+        assert_eq!(balance(&store, &format!("a-{i}")).await, 3);
+        assert_eq!(
+            balance(&store, &format!("p-{i}")).await,
+            if i == 0 { 4 } else { 3 }
+        );
+    }
+    let owners = owners(&db).await;
+    assert_eq!(owners.get("a-0"), Some(&None), "released at stop");
+    assert_eq!(owners.get("b-1"), Some(&Some("replica-b".to_owned())));
+    b.stop().await;
+    db.cleanup().await.unwrap();
+}
+
 /// Stopping a registry gives its ids up at once; so does passivating an entity.
 #[actix::test]
 async fn stop_and_passivation_release_ids_at_once() {

@@ -121,6 +121,32 @@ pub(super) fn fenced_out(state: &FenceState, write: &WriteRow) -> Option<Error> 
     }
 }
 
+/// Splits `items` (in order) into groups of one registration each (the unfenced ones
+/// together), each keeping their order: a fenced statement is checked against one
+/// registration. The usual batch (one registry's rows) stays whole.
+pub(super) fn by_registration<T>(
+    items: Vec<T>,
+    fence_of: impl Fn(&T) -> Option<&Fence>,
+) -> Vec<Vec<T>> {
+    let same = |a: Option<&Fence>, b: Option<&Fence>| {
+        a.map(Fence::registration) == b.map(Fence::registration)
+    };
+    let first = items.first().and_then(&fence_of);
+    if items.iter().all(|item| same(fence_of(item), first)) {
+        return vec![items];
+    }
+    // The key of each group: the fence of its first item (a cheap clone).
+    let mut groups: Vec<(Option<Fence>, Vec<T>)> = Vec::new();
+    for item in items {
+        let fence = fence_of(&item);
+        match groups.iter().position(|(g, _)| same(g.as_ref(), fence)) {
+            Some(at) => groups[at].1.push(item),
+            None => groups.push((fence.cloned(), vec![item])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
 /// Whether any of `rows` is fenced: the statement must then be a fenced form.
 pub(super) fn any_fenced(rows: &[&WriteRow]) -> bool {
     rows.iter().any(|w| w.fence.is_some())
@@ -164,6 +190,31 @@ mod tests {
             },
             fence,
         }
+    }
+
+    #[test]
+    fn a_batch_is_split_by_registration_keeping_order() {
+        let rows = vec![
+            write("a", Some(fence("r1", 1))),
+            write("b", None),
+            write("c", Some(fence("r1", 2))),
+            write("d", Some(fence("r1", 1))),
+            write("e", None),
+        ];
+        let groups = by_registration(rows, |w| w.fence.as_ref());
+        let ids: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|w| w.row.persistence_id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, vec![vec!["a", "d"], vec!["b", "e"], vec!["c"]]);
+        let whole = by_registration(vec![write("a", None), write("b", None)], |w| {
+            w.fence.as_ref()
+        });
+        assert_eq!(whole.len(), 1);
+        assert_eq!(
+            by_registration(Vec::<WriteRow>::new(), |w| w.fence.as_ref()).len(),
+            1
+        );
     }
 
     #[test]

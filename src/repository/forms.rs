@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::Repository;
-use super::fence::{WriteRow, any_fenced};
+use super::fence::WriteRow;
 use crate::config::VersionCheck;
 use crate::error::Error;
 use crate::pool::PooledClient;
@@ -97,19 +97,11 @@ impl Repository {
         let manifests: Vec<&str> = rows.iter().map(|r| r.state_manifest.as_str()).collect();
         let timestamps: Vec<i64> = rows.iter().map(|r| r.timestamp).collect();
         let shards: Vec<i64> = rows.iter().map(|r| r.shard_number).collect();
-        let fenced = any_fenced(writes);
-        // Only the fenced forms take the registrations.
-        let (replicas, incarnations): (Vec<Option<&str>>, Vec<Option<i64>>) = if fenced {
-            writes
-                .iter()
-                .map(|w| match &w.fence {
-                    Some(f) => (Some(&*f.replica), Some(f.incarnation)),
-                    None => (None, None),
-                })
-                .unzip()
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        // A fenced statement carries the rows of one registration (see `by_registration`).
+        let fence = writes.iter().find_map(|w| w.fence.as_ref());
+        let fenced = fence.is_some();
+        let replica: Option<&str> = fence.map(|f| &*f.replica);
+        let incarnation: Option<i64> = fence.map(|f| f.incarnation);
         let params: [(&(dyn ToSql + Sync), Type); 8] = [
             (&ids, Type::TEXT_ARRAY),
             (&versions, Type::INT8_ARRAY),
@@ -117,8 +109,8 @@ impl Repository {
             (&manifests, Type::TEXT_ARRAY),
             (&timestamps, Type::INT8_ARRAY),
             (&shards, Type::INT8_ARRAY),
-            (&replicas, Type::TEXT_ARRAY),
-            (&incarnations, Type::INT8_ARRAY),
+            (&replica, Type::TEXT),
+            (&incarnation, Type::INT8),
         ];
         let statement = match (self.version_check, fenced) {
             (VersionCheck::Sequential, false) => Stmt::WriteChecked,
@@ -126,7 +118,7 @@ impl Repository {
             (VersionCheck::Sequential, true) => Stmt::WriteCheckedFenced,
             (VersionCheck::Unchecked, true) => Stmt::WriteUncheckedFenced,
         };
-        // The fenced forms take the registrations as two more arrays.
+        // The fenced forms take the registration as two more parameters.
         let params = if fenced { &params[..] } else { &params[..6] };
         let result = client.query(&self.sql, statement, params).await?;
         Ok(written_of(&ids, result.first()))

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
-use super::fence::{FenceState, WriteRow, any_fenced, fenced_out, fences_of};
+use super::fence::{FenceState, WriteRow, any_fenced, by_registration, fenced_out, fences_of};
 use super::{Repository, Write, read_row};
 use crate::config::VersionCheck;
 use crate::error::Error;
@@ -68,7 +68,11 @@ impl Repository {
             round.sort_unstable_by(|a, b| {
                 a.input.row.persistence_id.cmp(&b.input.row.persistence_id)
             });
-            for part in chunks(round, limit) {
+            // A fenced statement is checked against one registration.
+            let parts = by_registration(round, |p| p.input.fence.as_ref())
+                .into_iter()
+                .flat_map(|group| chunks(group, limit));
+            for part in parts {
                 let rows: Vec<&WriteRow> = part.iter().map(|p| &p.input).collect();
                 let outcomes = match &failed {
                     Some(error) => rows.iter().map(|_| Err(error.clone())).collect(),

@@ -80,7 +80,7 @@ pub(crate) const COLUMNS: &str =
     r#"persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number"#;
 
 /// Input rows of a write, one array per column; `ord` numbers them from 1.
-const INPUT: &str = r#"SELECT * FROM UNNEST($1::text[], $2::int8[], $3::bytea[], $4::text[], $5::int8[], $6::int8[])
+pub(crate) const INPUT: &str = r#"SELECT * FROM UNNEST($1::text[], $2::int8[], $3::bytea[], $4::text[], $5::int8[], $6::int8[])
         WITH ORDINALITY AS i(persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number, ord)"#;
 
 pub(crate) const UPDATE_ALL: &str = r#"version_number = EXCLUDED.version_number,

@@ -3,7 +3,7 @@
 //! ids, and the fenced forms of the write statements, which commit a row only while the
 //! epoch it carries is still its owner row's.
 
-use super::{COLUMNS, Identifier, UPDATE_ALL, checked_write, quote_name, without_comments};
+use super::{COLUMNS, INPUT, Identifier, UPDATE_ALL, checked_write, quote_name, without_comments};
 use crate::config::Config;
 
 /// The ownership tables, shipped in `resources/`: the one source of their definition.
@@ -11,11 +11,6 @@ pub(crate) const OWNERSHIP_DDL: &str = include_str!("../../resources/ownership.s
 
 /// Distributing the ownership tables on Citus, shipped in `resources/`.
 pub(crate) const OWNERSHIP_CITUS_DDL: &str = include_str!("../../resources/ownership_citus.sql");
-
-/// The input rows of a fenced multi-row write: the six columns, then the replica and the
-/// incarnation of the registration each row is fenced by (NULLs for a row that is not).
-const FENCED_INPUT: &str = r#"SELECT * FROM UNNEST($1::text[], $2::int8[], $3::bytea[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::int8[])
-        WITH ORDINALITY AS i(persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number, replica, incarnation, ord)"#;
 
 /// The longest names the derived tables may be built from: `{table}_replicas` must still be
 /// an identifier (63 bytes).
@@ -34,14 +29,15 @@ fn tables(schema: &Identifier, table: &Identifier) -> (String, String) {
 }
 
 /// The fenced forms of the write statements, on `t` with replicas table `r` (qualified,
-/// quoted). A fenced row is written by an owned entity of a registered replica; the statement
-/// locks the rows of those registrations `FOR KEY SHARE` before it touches any state row, and
-/// writes only rows whose registration is still there. Ownership moves away from a replica
+/// quoted). A fenced row is written by an owned entity of a registered replica; a fenced
+/// statement carries rows of one registration (`$7` replica, `$8` incarnation), locks its row
+/// `FOR KEY SHARE` before it touches any state row, and writes nothing unless it is still
+/// there. Ownership moves away from a replica
 /// only through that row: a takeover from a replica whose lease ran out first deletes its
 /// registration (which waits for the writes that hold it, and makes every later one fail),
 /// and an entity releases its id only once none of its writes can still be running. So a
-/// write of an old claim never commits after a newer claim on the id. One lock per statement
-/// (per registration), not per row: renewals, which change no key, do not wait for writes.
+/// write of an old claim never commits after a newer claim on the id. One lock per statement,
+/// not per row: renewals, which change no key, do not wait for writes.
 #[derive(Debug)]
 pub(crate) struct Fenced {
     pub write_checked: String,
@@ -62,18 +58,15 @@ impl Fenced {
     pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
         let t = format!("{}.{}", schema.quoted(), table.quoted());
         let (o, r) = tables(schema, table);
+        // The registration is the statement's, not each row's: a batch is split by
+        // registration before it is sent, so the check is one lock and one InitPlan, not a
+        // probe per row (the per-row form, with two more arrays, cost 0.76x at 100 rows).
         let fence = format!(
             r#"fence AS MATERIALIZED (
-    SELECT r.replica, r.incarnation FROM {r} r
-    JOIN (SELECT DISTINCT f.replica, f.incarnation
-          FROM UNNEST($7::text[], $8::int8[]) AS f(replica, incarnation)
-          WHERE f.incarnation IS NOT NULL) f
-      ON r.replica = f.replica AND r.incarnation = f.incarnation
-    ORDER BY r.replica FOR KEY SHARE OF r
+    SELECT 1 FROM {r} WHERE replica = $7::text AND incarnation = $8::int8 FOR KEY SHARE
 ),
-allowed AS ({FENCED_INPUT}
-    WHERE i.incarnation IS NULL
-       OR (i.replica, i.incarnation) IN (SELECT fence.replica::text, fence.incarnation FROM fence))"#
+allowed AS ({INPUT}
+    WHERE EXISTS (SELECT 1 FROM fence))"#
         );
         let write_checked = checked_write(&t, &fence, "allowed");
         let write_unchecked = format!(
