@@ -26,7 +26,7 @@ use crate::state::MAX_PERSISTENCE_ID_LEN;
 ///   registration was deleted, which waits for the writes holding it. So a write of an old
 ///   claim never commits after a newer claim, even when the versions line up. A write fenced
 ///   out answers `OwnedElsewhere` (or `LeaseLost`), never `Ok`. One row lock per statement,
-///   not per written row (measured cost in BENCHMARKS.md: 0.86× the commands/s).
+///   not per written row (measured cost in BENCHMARKS.md: 0.95–1.01× the commands/s).
 /// - **Losing the lease.** A replica that cannot renew in time stops its entities (their
 ///   commands answered [`CommandError::LeaseLost`](crate::CommandError::LeaseLost), nothing
 ///   applied) a tenth of the lease before the database could let the lease run out, judged
