@@ -52,7 +52,7 @@ impl View {
             assert_eq!(state.version_number, change.version);
             assert_eq!(state.persistence_id, change.persistence_id);
         }
-        self.offset = change.offset.clone();
+        self.offset = change.offset;
         self.latest.insert(
             change.persistence_id,
             (change.version, change.state.is_none()),
@@ -104,7 +104,7 @@ async fn table(client: &Client, schema: &str) -> Versions {
 /// Follows the feed from `from` in a task, into a shared view.
 fn follow(store: &DurableStore, from: Offset) -> (Arc<Mutex<View>>, tokio::task::JoinHandle<()>) {
     let view = Arc::new(Mutex::new(View {
-        offset: from.clone(),
+        offset: from,
         ..View::default()
     }));
     let mut changes = store.changes(from);
@@ -225,7 +225,7 @@ async fn a_running_transaction_holds_the_feed_back_instead_of_being_skipped() {
         vec!["before"],
         "nothing at or after the running transaction is delivered"
     );
-    let held_at = view.offset.clone();
+    let held_at = view.offset;
 
     late.batch_execute("COMMIT").await.unwrap();
     drain(&db, &store, &mut view).await;
@@ -635,4 +635,211 @@ async fn with_transaction_pooling_the_stream_polls() {
         .change_poll_interval(Duration::from_millis(50));
     one_more_change_arrives(config, &db).await;
     db.cleanup().await.unwrap();
+}
+
+/// One statement writing more rows than one log entry holds: its ids are logged in entries of
+/// 1,000, and a consumer paging through them, from anywhere in the middle, gets every id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_of_thousands_of_rows_is_delivered_page_by_page() {
+    let db = TestDatabase::new().await.unwrap();
+    let store = feed_store(&db).await;
+    let client = db.client().await.unwrap();
+    let schema = db.schema();
+    client
+        .execute(
+            &format!(
+                r#"INSERT INTO "{schema}".states_store
+                   SELECT 'bulk-' || g, 1, $1::bytea, 'google.protobuf.Any', 0, 0
+                   FROM generate_series(1, 2500) g"#
+            ),
+            &[&any_payload()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        log_rows(&client, schema).await,
+        3,
+        "2,500 ids in entries of at most 1,000"
+    );
+    settle(&db).await;
+    let mut seen = std::collections::HashSet::new();
+    let mut from = Offset::BEGINNING;
+    loop {
+        let page = store.changes_page(&from, 700).await.unwrap();
+        if page.next == from {
+            break;
+        }
+        assert!(page.changes.len() <= 700);
+        seen.extend(page.changes.into_iter().map(|c| c.persistence_id));
+        from = page.next;
+    }
+    assert_eq!(seen.len(), 2500);
+    db.cleanup().await.unwrap();
+}
+
+/// Compaction blanks an id's entries before its latest (positions never move) and deletes
+/// the log rows left empty: a consumer resuming from an offset in the middle of a compacted
+/// entry, or from the beginning, still gets every id at its latest version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_in_the_middle_of_an_entry_skips_nothing() {
+    let db = TestDatabase::new().await.unwrap();
+    let store = feed_store(&db).await;
+    let client = db.client().await.unwrap();
+    let schema = db.schema();
+    // One statement, one entry of three ids.
+    client
+        .execute(
+            &format!(
+                r#"INSERT INTO "{schema}".states_store
+                   SELECT id, 1, $1::bytea, 'google.protobuf.Any', 0, 0
+                   FROM unnest(ARRAY['x', 'y', 'z']) AS id"#
+            ),
+            &[&any_payload()],
+        )
+        .await
+        .unwrap();
+    settle(&db).await;
+    let first = store.changes_page(&Offset::BEGINNING, 1).await.unwrap();
+    let [change] = &first.changes[..] else {
+        panic!("{:?}", first.changes)
+    };
+    let early = change.persistence_id.clone();
+    // Two more entries of the id delivered first: its entry in the first one is stale.
+    for version in 2..=3_i64 {
+        client
+            .execute(
+                &format!(
+                    r#"UPDATE "{schema}".states_store SET version_number = $1
+                       WHERE persistence_id = $2"#
+                ),
+                &[&version, &early],
+            )
+            .await
+            .unwrap();
+    }
+    settle(&db).await;
+    assert_eq!(store.compact_changes().await.unwrap(), 2);
+    assert_eq!(
+        log_rows(&client, schema).await,
+        2,
+        "the blanked first entry and the latest are left"
+    );
+    for from in [first.next, Offset::BEGINNING] {
+        let mut view = View {
+            offset: from,
+            ..View::default()
+        };
+        drain(&db, &store, &mut view).await;
+        let expected: Versions = [("x", 1), ("y", 1), ("z", 1)]
+            .into_iter()
+            .map(|(id, v)| {
+                let v = if id == early { 3 } else { v };
+                (id.to_owned(), (v, false))
+            })
+            .collect();
+        let mut latest = view.latest.clone();
+        if from != Offset::BEGINNING {
+            // Resumed after the first change: the other two, and the latest of the first.
+            assert_eq!(latest.len(), 3, "{latest:?}");
+        }
+        latest.retain(|id, _| expected.contains_key(id));
+        assert_eq!(latest, expected);
+    }
+    // Nothing is left to compact.
+    assert_eq!(store.compact_changes().await.unwrap(), 0);
+    db.cleanup().await.unwrap();
+}
+
+/// A table whose feed was installed by an earlier version (a log of one row per entry) is
+/// moved to the current log when the feed is installed again, its entries kept, its triggers
+/// writing the current log from then on; an offset of the earlier text resumes at the start
+/// of its transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_the_earlier_layout_is_moved_and_its_offsets_still_resume() {
+    let db = TestDatabase::new().await.unwrap();
+    DurableStore::new(db.config())
+        .unwrap()
+        .create_schema()
+        .await
+        .unwrap();
+    let client = db.client().await.unwrap();
+    let schema = db.schema();
+    client
+        .batch_execute(&format!(
+            r#"CREATE TABLE "{schema}".states_store_changes (
+                   xid XID8 NOT NULL, persistence_id TEXT COLLATE "C" NOT NULL,
+                   version_number BIGINT NOT NULL, deleted BOOLEAN NOT NULL DEFAULT FALSE);
+               CREATE INDEX states_store_changes_xid
+                   ON "{schema}".states_store_changes (xid, persistence_id);
+               CREATE FUNCTION "{schema}".states_store_changes_log() RETURNS trigger
+                   LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+               CREATE TRIGGER durablestore_changes_insert AFTER INSERT ON "{schema}".states_store
+                   REFERENCING NEW TABLE AS new_rows
+                   FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".states_store_changes_log();
+               CREATE TRIGGER durablestore_changes_update AFTER UPDATE ON "{schema}".states_store
+                   REFERENCING NEW TABLE AS new_rows
+                   FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".states_store_changes_log();
+               CREATE TRIGGER durablestore_changes_delete AFTER DELETE ON "{schema}".states_store
+                   REFERENCING OLD TABLE AS old_rows
+                   FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".states_store_changes_log();"#
+        ))
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!(
+                r#"WITH rows AS (INSERT INTO "{schema}".states_store
+                       SELECT 'old-' || g, 1, $1::bytea, 'google.protobuf.Any', 0, 0
+                       FROM generate_series(1, 5) g RETURNING persistence_id, version_number)
+                   INSERT INTO "{schema}".states_store_changes
+                   SELECT pg_current_xact_id(), persistence_id, version_number FROM rows"#
+            ),
+            &[&any_payload()],
+        )
+        .await
+        .unwrap();
+    let old_xid: String = client
+        .query_one(
+            &format!(r#"SELECT max(xid)::text FROM "{schema}".states_store_changes"#),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let store = feed_store(&db).await;
+    // Installing again changes nothing more.
+    store.create_schema().await.unwrap();
+    store.write(state("new", 1, 1)).await.unwrap();
+    let stored: Offset = format!("{old_xid}/old-3").parse().unwrap();
+    for from in [Offset::BEGINNING, stored] {
+        let mut view = View {
+            offset: from,
+            ..View::default()
+        };
+        drain(&db, &store, &mut view).await;
+        let mut ids: Vec<&str> = view.latest.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["new", "old-1", "old-2", "old-3", "old-4", "old-5"]);
+    }
+    assert!(!db.table_exists("states_store_changes_v1").await.unwrap());
+    db.cleanup().await.unwrap();
+}
+
+/// A valid state payload (a `google.protobuf.Any`), as eGo's Go store writes it.
+fn any_payload() -> Vec<u8> {
+    prost_types::Any::from_msg(&account("any", 1))
+        .unwrap()
+        .encode_to_vec()
+}
+
+/// The rows of the feed's log.
+async fn log_rows(client: &Client, schema: &str) -> i64 {
+    client
+        .query_one(
+            &format!(r#"SELECT count(*) FROM "{schema}".states_store_changes"#),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }

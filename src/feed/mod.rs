@@ -72,13 +72,16 @@
 //! sequence taken before commit does not work either: a transaction that took number 10 and
 //! commits after number 11 was read is skipped by a consumer already past 11.
 //!
-//! Each statement that writes the table appends one entry per row to the log, in one insert,
-//! stamped with the writing transaction's id (`pg_current_xact_id()`, a 64-bit `xid8`, which
-//! never wraps around). The feed reads the entries in (transaction id, entity id) order and
-//! delivers only those of transactions below the `xmin` of its statement's snapshot
-//! (`pg_snapshot_xmin(pg_current_snapshot())`): every transaction below it has ended, so no
-//! entry can ever appear below a delivered offset again. A transaction still running holds the
-//! feed back at its id, until it commits or aborts, instead of being skipped.
+//! Each statement that writes the table appends one log row holding the ids it wrote (up to
+//! 1,000 per log row), stamped with the writing transaction's id (`pg_current_xact_id()`, a
+//! 64-bit `xid8`, which never wraps around) and numbered by an identity column (`seq`). An
+//! offset is (transaction id, log row, position of the id in it). The feed reads the entries
+//! in that order and delivers only those of transactions below the `xmin` of its statement's
+//! snapshot (`pg_snapshot_xmin(pg_current_snapshot())`): every transaction below it has
+//! ended, so no entry can ever appear below a delivered offset again (the `seq` of a
+//! transaction's rows orders them only among that transaction's, which are all visible at
+//! once). A transaction still running holds the feed back at its id, until it commits or
+//! aborts, instead of being skipped.
 //!
 //! Each entry is delivered with the entity's row as the same statement reads it, not with a
 //! copy of the state that was written. That is what keeps versions in order: two
@@ -112,14 +115,16 @@
 //! The table is not altered: no column and no index is added, so its updates stay HOT
 //! (an index on a column that changes on every write makes every update a non-HOT one).
 //! A write statement pays one insert into the append-only log per statement (a batch is one
-//! statement) and its index entries, and a notification from at most one transaction at a
-//! time (a notifying commit takes a database-wide lock, so the triggers let only the holder of
-//! a try-lock notify). On a two-core test machine at 1,000 writers that cost about a quarter
-//! of the write rate (more than the 10 % we aimed for); `BENCHMARKS.md` ("Change feed") has
-//! the measurements, the designs compared and the plan of a resuming read (an index range
-//! scan, only the changed entries). The log keeps an entry per write until
-//! [`DurableStore::compact_changes`] removes the entries that a later one of the same id made
-//! redundant (run it periodically; consumers lose nothing by it).
+//! statement, its ids in one array) and one index entry, and a notification from at most one
+//! transaction at a time (a notifying commit takes a database-wide lock, so the triggers let
+//! only the holder of a try-lock notify). On a two-core test machine at 1,000 writers that
+//! cost 12 % of the write rate (the statement triggers themselves about 9 of it); a log of one row
+//! per written row (the first design) cost 25 %.
+//! `BENCHMARKS.md` ("Change feed") has the measurements, the designs compared and the plan of
+//! a resuming read (index range scans, only the changed entries). The log keeps each write's
+//! entry until [`DurableStore::compact_changes`] removes the entries that a later one of the
+//! same id made redundant (blanked in place, so that no offset moves; a log row left with
+//! none is deleted). Run it periodically; consumers lose nothing by it.
 //!
 //! # Waking up: notifications and polling
 //!

@@ -16,7 +16,12 @@ use crate::state::MAX_PERSISTENCE_ID_LEN;
 /// of `Ord` is the order of delivery. They are stable text (`Display` and [`FromStr`], or
 /// [`Offset::to_bytes`] and [`Offset::from_bytes`]), the same for every process and version of
 /// this crate that reads the table. An offset is never a time: it is the id of the writing
-/// transaction and the entity's id, so two commits never share one and none is skipped.
+/// transaction and a position among that transaction's entries, so two commits never share
+/// one and none is skipped.
+///
+/// The text of an earlier version of this crate (`{xid}/{persistence_id}`) is still read, as
+/// the start of that transaction: resuming from it delivers that transaction's changes again,
+/// and skips nothing.
 ///
 /// ```
 /// use durablestore_postgres::Offset;
@@ -27,19 +32,22 @@ use crate::state::MAX_PERSISTENCE_ID_LEN;
 /// assert!("not an offset".parse::<Offset>().is_err());
 /// # Ok::<(), durablestore_postgres::OffsetParseError>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Offset {
     /// The writing transaction's id (`xid8`); 0 before every transaction.
     xid: u64,
-    /// The entity's id, compared as bytes (the log's `COLLATE "C"`).
-    persistence_id: String,
+    /// The log row's `seq` within the transaction (0: before its first).
+    seq: u64,
+    /// The position in that log row's ids, from 1 (0: before its first).
+    pos: u64,
 }
 
 impl Offset {
     /// Before every change: a stream from here delivers all that the feed holds.
     pub const BEGINNING: Offset = Offset {
         xid: 0,
-        persistence_id: String::new(),
+        seq: 0,
+        pos: 0,
     };
 
     /// [`Offset::BEGINNING`].
@@ -47,11 +55,8 @@ impl Offset {
         Self::BEGINNING
     }
 
-    pub(crate) fn new(xid: u64, persistence_id: String) -> Self {
-        Offset {
-            xid,
-            persistence_id,
-        }
+    pub(crate) fn new(xid: u64, seq: u64, pos: u64) -> Self {
+        Offset { xid, seq, pos }
     }
 
     /// The writing transaction's id, as text for a bind parameter cast to `xid8`.
@@ -59,8 +64,10 @@ impl Offset {
         self.xid.to_string()
     }
 
-    pub(crate) fn persistence_id(&self) -> &str {
-        &self.persistence_id
+    /// The log row and position, as the bind parameters of `int8` columns.
+    pub(crate) fn seq_and_pos(&self) -> (i64, i64) {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        (clamp(self.seq), clamp(self.pos))
     }
 
     /// The offset as bytes, to store in a `bytea` column or a file: its text, UTF-8.
@@ -87,39 +94,57 @@ impl Default for Offset {
     }
 }
 
-/// `{xid}/{persistence_id}`, e.g. `748/account-1`; the beginning is `0/`.
+/// `{xid}.{seq}.{pos}`, e.g. `748.12.3`; the beginning is `0.0.0`.
 impl fmt::Display for Offset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.xid, self.persistence_id)
+        write!(f, "{}.{}.{}", self.xid, self.seq, self.pos)
     }
 }
 
 impl FromStr for Offset {
     type Err = OffsetParseError;
 
-    /// Parses the text of `Display`.
+    /// Parses the text of `Display`, or of an earlier version (`{xid}/{persistence_id}`, read
+    /// as the start of that transaction).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let reject = |reason| OffsetParseError {
             input: truncate(text, 100),
             reason,
         };
-        // The transaction id is digits: the first `/` ends it, the id may hold more.
-        let (xid, persistence_id) = text
-            .split_once('/')
-            .ok_or_else(|| reject("it has no `/` between the transaction id and the id"))?;
-        if xid.is_empty() || !xid.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(reject("the transaction id before `/` is not a number"));
+        let number = |digits: &str, what| -> Result<u64, OffsetParseError> {
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(reject(what));
+            }
+            digits
+                .parse()
+                .map_err(|_| reject("a number is out of range"))
+        };
+        // The earlier text: the transaction id, `/`, the id (which may hold anything).
+        if let Some((xid, id)) = text.split_once('/') {
+            let xid = number(xid, "the transaction id before `/` is not a number")?;
+            if id.len() > MAX_PERSISTENCE_ID_LEN * 4 || id.contains('\0') {
+                return Err(reject("the id after `/` cannot be a persistence id"));
+            }
+            if xid == 0 && !id.is_empty() {
+                return Err(reject("only the beginning (`0/`) has transaction id 0"));
+            }
+            return Ok(Offset::new(xid, 0, 0));
         }
-        let xid: u64 = xid
-            .parse()
-            .map_err(|_| reject("the transaction id is out of range"))?;
-        if persistence_id.len() > MAX_PERSISTENCE_ID_LEN * 4 || persistence_id.contains('\0') {
-            return Err(reject("the id after `/` cannot be a persistence id"));
+        let mut parts = text.split('.');
+        let (Some(xid), Some(seq), Some(pos), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(reject("it is not three numbers joined by `.`"));
+        };
+        let offset = Offset::new(
+            number(xid, "the transaction id is not a number")?,
+            number(seq, "the log row is not a number")?,
+            number(pos, "the position is not a number")?,
+        );
+        if offset.xid == 0 && offset != Offset::BEGINNING {
+            return Err(reject("only the beginning (`0.0.0`) has transaction id 0"));
         }
-        if xid == 0 && !persistence_id.is_empty() {
-            return Err(reject("only the beginning (`0/`) has transaction id 0"));
-        }
-        Ok(Offset::new(xid, persistence_id.to_owned()))
+        Ok(offset)
     }
 }
 
@@ -139,34 +164,45 @@ mod tests {
     fn offsets_round_trip_as_text_and_bytes() {
         for offset in [
             Offset::BEGINNING,
-            Offset::new(748, "account-1".to_owned()),
-            Offset::new(u64::MAX, "a/b:c é".to_owned()),
+            Offset::new(748, 12, 3),
+            Offset::new(u64::MAX, u64::MAX, u64::MAX),
         ] {
-            assert_eq!(offset.to_string().parse::<Offset>(), Ok(offset.clone()));
+            assert_eq!(offset.to_string().parse::<Offset>(), Ok(offset));
             assert_eq!(Offset::from_bytes(&offset.to_bytes()), Ok(offset));
         }
-        assert_eq!(Offset::BEGINNING.to_string(), "0/");
+        assert_eq!(Offset::BEGINNING.to_string(), "0.0.0");
     }
 
     #[test]
-    fn offsets_order_by_transaction_then_id_bytes() {
-        let o = |xid, id: &str| Offset::new(xid, id.to_owned());
+    fn an_earlier_versions_offset_reads_as_the_start_of_its_transaction() {
+        assert_eq!("0/".parse::<Offset>(), Ok(Offset::BEGINNING));
+        assert_eq!(
+            "748/account-1".parse::<Offset>(),
+            Ok(Offset::new(748, 0, 0))
+        );
+        // An id holding `/` or `.` is still the earlier text's id.
+        assert_eq!("748/a/b.c.d".parse::<Offset>(), Ok(Offset::new(748, 0, 0)));
+    }
+
+    #[test]
+    fn offsets_order_by_transaction_then_log_row_then_position() {
+        let o = Offset::new;
         let mut offsets = vec![
-            o(2, "a"),
-            o(1, "b"),
-            o(1, "B"),
+            o(2, 1, 1),
+            o(1, 9, 2),
+            o(1, 9, 1),
             Offset::BEGINNING,
-            o(1, "é"),
+            o(1, 10, 1),
         ];
         offsets.sort();
         assert_eq!(
             offsets,
             vec![
                 Offset::BEGINNING,
-                o(1, "B"),
-                o(1, "b"),
-                o(1, "é"),
-                o(2, "a")
+                o(1, 9, 1),
+                o(1, 9, 2),
+                o(1, 10, 1),
+                o(2, 1, 1)
             ]
         );
     }
@@ -176,11 +212,16 @@ mod tests {
         for bad in [
             "",
             "12",
+            "1.2",
+            "1.2.3.4",
+            "x.1.1",
+            "-1.1.1",
+            "1..1",
+            "0.1.1",
+            "99999999999999999999.1.1",
             "x/a",
-            "-1/a",
             "/a",
             "0/a",
-            "99999999999999999999/a",
             "1/a\0",
         ] {
             let error = bad.parse::<Offset>().unwrap_err();
@@ -189,6 +230,6 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(Offset::from_bytes(&[0xff, b'/']).is_err());
+        assert!(Offset::from_bytes(&[0xff, b'.']).is_err());
     }
 }

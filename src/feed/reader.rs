@@ -112,14 +112,19 @@ impl Feed {
         let limit = page_limit(limit)?;
         let client: PooledClient = self.connections.get().await?;
         let xid = from.xid_text();
-        let id = from.persistence_id();
+        let (seq, pos) = from.seq_and_pos();
         let rows = client
             .query_text(
                 &self.sql.page,
-                &[(&xid, Type::TEXT), (&id, Type::TEXT), (&limit, Type::INT8)],
+                &[
+                    (&xid, Type::TEXT),
+                    (&seq, Type::INT8),
+                    (&pos, Type::INT8),
+                    (&limit, Type::INT8),
+                ],
             )
             .await?;
-        let mut next = from.clone();
+        let mut next = *from;
         let mut changes = Vec::with_capacity(rows.len());
         for row in &rows {
             let (offset, change) = read_entry(row)?;
@@ -149,7 +154,9 @@ impl Feed {
 /// with the version deleted, which was the row's latest.
 fn read_entry(row: &Row) -> Result<(Offset, Option<Change>), Error> {
     let xid: String = row.try_get(0).map_err(Error::database)?;
-    let persistence_id: String = row.try_get(1).map_err(Error::database)?;
+    let seq: i64 = row.try_get(1).map_err(Error::database)?;
+    let pos: i64 = row.try_get(2).map_err(Error::database)?;
+    let persistence_id: String = row.try_get(3).map_err(Error::database)?;
     let corrupt = |reason: String| Error::CorruptState {
         persistence_id: persistence_id.clone(),
         reason,
@@ -159,32 +166,38 @@ fn read_entry(row: &Row) -> Result<(Offset, Option<Change>), Error> {
             "change feed transaction id `{xid}` is not a number"
         ))
     })?;
-    let offset = Offset::new(xid, persistence_id.clone());
-    let logged_version: i64 = row.try_get(2).map_err(Error::database)?;
-    let deleted: bool = row.try_get(3).map_err(Error::database)?;
-    let stored_version: Option<i64> = row.try_get(4).map_err(Error::database)?;
+    let (Ok(seq), Ok(pos)) = (u64::try_from(seq), u64::try_from(pos)) else {
+        return Err(corrupt(format!(
+            "change feed entry {seq}/{pos} is negative"
+        )));
+    };
+    let offset = Offset::new(xid, seq, pos);
+    let logged_version: Option<i64> = row.try_get(4).map_err(Error::database)?;
+    let deleted: bool = row.try_get(5).map_err(Error::database)?;
+    let stored_version: Option<i64> = row.try_get(6).map_err(Error::database)?;
     let (version, state) = match stored_version {
         Some(version_number) => {
             let stored = StateRow {
                 persistence_id: persistence_id.clone(),
                 version_number,
-                state_payload: row.try_get(5).map_err(Error::database)?,
-                state_manifest: row.try_get(6).map_err(Error::database)?,
-                timestamp: row.try_get(7).map_err(Error::database)?,
-                shard_number: row.try_get(8).map_err(Error::database)?,
+                state_payload: row.try_get(7).map_err(Error::database)?,
+                state_manifest: row.try_get(8).map_err(Error::database)?,
+                timestamp: row.try_get(9).map_err(Error::database)?,
+                shard_number: row.try_get(10).map_err(Error::database)?,
             };
             let revision = stored.into_revision()?;
             (revision.version, revision.state)
         }
         None if deleted => {
-            let version = u64::try_from(logged_version)
-                .map_err(|_| corrupt(format!("negative version_number {logged_version}")))?;
+            let logged = logged_version.unwrap_or(0);
+            let version = u64::try_from(logged)
+                .map_err(|_| corrupt(format!("negative version_number {logged}")))?;
             (version, None)
         }
         None => return Ok((offset, None)),
     };
     let change = Change {
-        offset: offset.clone(),
+        offset,
         persistence_id,
         version,
         state,

@@ -12,13 +12,13 @@ pub(crate) const CHANGES_DDL: &str = include_str!("../../resources/changes.sql")
 pub(crate) struct FeedSql {
     /// `resources/changes.sql` for this table, after an advisory lock of its own.
     pub create: String,
-    /// Up to `$3` entries after the offset (`$1` the transaction id as text, `$2` the id), of
-    /// transactions below the snapshot's xmin, in offset order, each with the row it names
-    /// now (NULLs once the row is gone): an index range scan of the log's `xid` index and
-    /// one primary-key lookup per entry. `WITH TIES`: the entries of one offset (one
-    /// transaction writing an id twice) are never split between two pages.
+    /// Up to `$4` entries after the offset (`$1` the transaction id as text, `$2` the log
+    /// row's `seq`, `$3` the position in its ids), of transactions below the snapshot's xmin,
+    /// in offset order, each with the row it names now (NULLs once the row is gone): an index
+    /// range scan of the log's `(xid, seq)` index and one primary-key lookup per entry.
     pub page: String,
-    /// Removes the entries that a later entry of the same id makes redundant; how many.
+    /// Removes the entries that a later entry of the same id makes redundant (of ended
+    /// transactions); how many.
     pub compact: String,
     /// The table's oid, which names its notification channel.
     pub channel: String,
@@ -34,11 +34,16 @@ impl FeedSql {
         let t = q(table.as_str());
         let log = q(&format!("{}_changes", table.as_str()));
         let function = q(&format!("{}_changes_log", table.as_str()));
+        // The per-row log of an earlier version, while it is moved.
+        let earlier = format!("{}_changes_v1", table.as_str());
         let ddl = without_comments(CHANGES_DDL)
             // Longest first: the derived names contain the table's.
             .replace("states_store_changes_log", "\u{1}")
-            // The index name, left unqualified (an index lives in its table's schema).
+            // Names that are not qualified: a new index's (it lives in its table's schema),
+            // a renamed table's (it stays in its schema).
             .replace("states_store_changes_xid", "\u{4}")
+            .replace("RENAME TO states_store_changes_v1", "\u{5}")
+            .replace("states_store_changes_v1", "\u{6}")
             .replace("states_store_changes", "\u{2}")
             .replace("'states_store'::regclass", "\u{3}")
             .replace(Config::DEFAULT_TABLE, &t)
@@ -48,25 +53,72 @@ impl FeedSql {
             .replace(
                 '\u{4}',
                 &quote_name(&format!("{}_changes_xid", table.as_str())),
-            );
+            )
+            .replace('\u{5}', &format!("RENAME TO {}", quote_name(&earlier)))
+            .replace('\u{6}', &q(&earlier));
         let lock_key = format!("{}.{}#changes", schema.as_str(), table.as_str());
         let create = format!("SELECT pg_advisory_xact_lock(hashtext('{lock_key}'));\n{ddl}");
+        // The log rows are picked first, by their counts of ids (no array is read), just
+        // enough for the page; then their entries, in order; then the rows they name.
         let page = format!(
-            r#"SELECT c.xid::text, c.persistence_id, c.version_number, c.deleted,
+            r#"WITH head AS MATERIALIZED (
+    SELECT c.xid, c.seq, sum(c.n) OVER (ORDER BY c.xid, c.seq ROWS UNBOUNDED PRECEDING) - c.n AS before
+    FROM {log} c
+    WHERE (c.xid, c.seq) >= ($1::text::xid8, $2::int8)
+      AND c.xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY c.xid, c.seq
+    LIMIT $4::int8 + 1
+),
+page AS (
+    SELECT c.xid, c.seq, e.pos, e.id, e.version, c.deleted
+    FROM head h
+    JOIN {log} c ON c.xid = h.xid AND c.seq = h.seq
+    CROSS JOIN LATERAL unnest(c.ids, c.versions) WITH ORDINALITY AS e(id, version, pos)
+    WHERE h.before < $4::int8 + $3::int8
+      AND (c.xid, c.seq, e.pos) > ($1::text::xid8, $2::int8, $3::int8)
+      AND e.id IS NOT NULL
+    ORDER BY c.xid, c.seq, e.pos
+    LIMIT $4::int8
+)
+SELECT p.xid::text, p.seq, p.pos, p.id, p.version, p.deleted,
     s.version_number, s.state_payload, s.state_manifest, s."timestamp", s.shard_number
-FROM {log} c LEFT JOIN {t} s ON s.persistence_id = (c.persistence_id COLLATE "default")
-WHERE c.xid >= $1::text::xid8
-  AND (c.xid, c.persistence_id) > ($1::text::xid8, $2::text COLLATE "C")
-  AND c.xid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY c.xid, c.persistence_id
-FETCH FIRST ($3::int8) ROWS WITH TIES"#
+FROM page p LEFT JOIN {t} s ON s.persistence_id = p.id
+ORDER BY p.xid, p.seq, p.pos"#
         );
+        // Entries of ended transactions only (below the snapshot's xmin); an id's entries
+        // before its latest are set to NULL (positions never move, so no offset skips), and a
+        // log row left with none is deleted.
         let compact = format!(
-            "WITH latest AS (SELECT persistence_id, max(xid) AS xid FROM {log} \
-             GROUP BY persistence_id HAVING count(*) > 1), \
-             gone AS (DELETE FROM {log} c USING latest l \
-             WHERE c.persistence_id = l.persistence_id AND c.xid < l.xid RETURNING 1) \
-             SELECT count(*) FROM gone"
+            r#"WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+entries AS MATERIALIZED (
+    SELECT c.xid, c.seq, e.pos, e.id FROM {log} c
+    CROSS JOIN LATERAL unnest(c.ids) WITH ORDINALITY AS e(id, pos)
+    WHERE c.xid < (SELECT xmin FROM horizon) AND e.id IS NOT NULL
+),
+ranked AS (
+    SELECT xid, seq, pos,
+        row_number() OVER (PARTITION BY id ORDER BY xid DESC, seq DESC, pos DESC) AS r
+    FROM entries
+),
+per_row AS (
+    SELECT xid, seq, array_agg(pos) FILTER (WHERE r > 1) AS stale,
+        count(*) FILTER (WHERE r = 1) AS kept
+    FROM ranked GROUP BY xid, seq HAVING count(*) FILTER (WHERE r > 1) > 0
+),
+gone AS (
+    DELETE FROM {log} c USING per_row p
+    WHERE c.xid = p.xid AND c.seq = p.seq AND p.kept = 0
+    RETURNING cardinality(p.stale) AS n
+),
+trimmed AS (
+    UPDATE {log} c SET ids = ARRAY(
+        SELECT CASE WHEN e.pos = ANY (p.stale) THEN NULL ELSE e.id END
+        FROM unnest(c.ids) WITH ORDINALITY AS e(id, pos) ORDER BY e.pos)
+    FROM per_row p
+    WHERE c.xid = p.xid AND c.seq = p.seq AND p.kept > 0
+    RETURNING cardinality(p.stale) AS n
+)
+SELECT coalesce(sum(n), 0)::int8 FROM (SELECT n FROM gone UNION ALL SELECT n FROM trimmed) AS removed"#
         );
         let channel = format!("SELECT '{t}'::regclass::oid::int8");
         FeedSql {
