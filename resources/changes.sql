@@ -67,39 +67,41 @@ CREATE OR REPLACE FUNCTION states_store_changes_log() RETURNS trigger
     LANGUAGE plpgsql AS
 $fn$
 DECLARE
-    written BIGINT;
+    logged BIGINT;
 BEGIN
+    -- One insert for the usual statement (up to 1,000 rows); entries of 1,000 ids for more.
     IF TG_OP = 'DELETE' THEN
-        SELECT count(*) INTO written FROM old_rows;
-        IF written > 1000 THEN
+        INSERT INTO states_store_changes (xid, n, ids, versions, deleted)
+        SELECT pg_current_xact_id(), count(*), array_agg(persistence_id),
+               array_agg(version_number), TRUE
+        FROM old_rows HAVING count(*) BETWEEN 1 AND 1000;
+        GET DIAGNOSTICS logged = ROW_COUNT;
+        IF logged = 0 THEN
             INSERT INTO states_store_changes (xid, n, ids, versions, deleted)
             SELECT pg_current_xact_id(), count(*), array_agg(persistence_id),
                    array_agg(version_number), TRUE
             FROM (SELECT persistence_id, version_number,
                          (row_number() OVER () - 1) / 1000 AS part FROM old_rows) e
-            GROUP BY part;
-        ELSIF written > 0 THEN
-            INSERT INTO states_store_changes (xid, n, ids, versions, deleted)
-            SELECT pg_current_xact_id(), written, array_agg(persistence_id),
-                   array_agg(version_number), TRUE
-            FROM old_rows;
+            GROUP BY part HAVING (SELECT count(*) FROM old_rows) > 1000;
+            GET DIAGNOSTICS logged = ROW_COUNT;
         END IF;
     ELSE
-        SELECT count(*) INTO written FROM new_rows;
-        IF written > 1000 THEN
+        INSERT INTO states_store_changes (xid, n, ids)
+        SELECT pg_current_xact_id(), count(*), array_agg(persistence_id)
+        FROM new_rows HAVING count(*) BETWEEN 1 AND 1000;
+        GET DIAGNOSTICS logged = ROW_COUNT;
+        IF logged = 0 THEN
             INSERT INTO states_store_changes (xid, n, ids)
             SELECT pg_current_xact_id(), count(*), array_agg(persistence_id)
             FROM (SELECT persistence_id, (row_number() OVER () - 1) / 1000 AS part FROM new_rows) e
-            GROUP BY part;
-        ELSIF written > 0 THEN
-            INSERT INTO states_store_changes (xid, n, ids)
-            SELECT pg_current_xact_id(), written, array_agg(persistence_id) FROM new_rows;
+            GROUP BY part HAVING (SELECT count(*) FROM new_rows) > 1000;
+            GET DIAGNOSTICS logged = ROW_COUNT;
         END IF;
     END IF;
     -- Sent at commit, once per transaction however many statements notify. A notifying
     -- commit takes a database-wide lock, so only one transaction at a time notifies: the
     -- others' changes are read on that notification or the next, or by polling.
-    IF written > 0 AND pg_try_advisory_xact_lock(hashtext('durablestore_changes_' || TG_RELID::text)) THEN
+    IF logged > 0 AND pg_try_advisory_xact_lock(hashtext('durablestore_changes_' || TG_RELID::text)) THEN
         PERFORM pg_notify('durablestore_changes_' || TG_RELID::text, '');
     END IF;
     RETURN NULL;

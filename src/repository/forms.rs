@@ -12,7 +12,7 @@ use super::fence::WriteRow;
 use crate::config::VersionCheck;
 use crate::error::Error;
 use crate::pool::PooledClient;
-use crate::sql::Stmt;
+use crate::sql::{Rows, Stmt};
 use crate::state::StateRow;
 
 impl Repository {
@@ -113,9 +113,8 @@ impl Repository {
             (&incarnation, Type::INT8),
         ];
         let statement = match (self.version_check, fenced) {
-            (VersionCheck::Sequential, false) => Stmt::WriteChecked,
+            (VersionCheck::Sequential, fenced) => Stmt::checked(Rows::of(&versions), fenced),
             (VersionCheck::Unchecked, false) => Stmt::WriteUnchecked,
-            (VersionCheck::Sequential, true) => Stmt::WriteCheckedFenced,
             (VersionCheck::Unchecked, true) => Stmt::WriteUncheckedFenced,
         };
         // The fenced forms take the registration as two more parameters.

@@ -122,10 +122,26 @@ pub(crate) enum Stmt {
     InsertOneByEpoch = 14,
     UpdateOneByEpoch = 15,
     UpsertOneByEpoch = 16,
+    WriteCheckedNew = 17,
+    WriteCheckedUpdates = 18,
+    WriteCheckedNewFenced = 19,
+    WriteCheckedUpdatesFenced = 20,
 }
 
 impl Stmt {
-    pub(crate) const COUNT: usize = 17;
+    pub(crate) const COUNT: usize = 21;
+
+    /// The version-checked multi-row write of `rows`, fenced or not.
+    pub(crate) fn checked(rows: Rows, fenced: bool) -> Stmt {
+        match (rows, fenced) {
+            (Rows::Mixed, false) => Stmt::WriteChecked,
+            (Rows::New, false) => Stmt::WriteCheckedNew,
+            (Rows::Updates, false) => Stmt::WriteCheckedUpdates,
+            (Rows::Mixed, true) => Stmt::WriteCheckedFenced,
+            (Rows::New, true) => Stmt::WriteCheckedNewFenced,
+            (Rows::Updates, true) => Stmt::WriteCheckedUpdatesFenced,
+        }
+    }
 }
 
 /// Asks whether the `citus` extension is installed in the database (see
@@ -147,8 +163,9 @@ pub(crate) struct Sql {
     /// READ COMMITTED the update re-checks that condition against the latest committed row after
     /// waiting for a concurrent writer, so a concurrent write can never be overwritten. Returns
     /// one row: how many rows were written and their ids; the others are classified with a
-    /// fresh [`Sql::select`].
-    pub write_checked: String,
+    /// fresh [`Sql::select`]. One statement per kind of batch ([`Rows`]): a batch of updates
+    /// only has no insert part.
+    pub write_checked: [String; 3],
     /// Last-writer-wins upsert of N rows with distinct ids. Returns one row: how many rows were
     /// written and their ids (a row a trigger or row-level policy suppressed is missing).
     pub write_unchecked: String,
@@ -197,7 +214,9 @@ impl Sql {
 
     pub(crate) fn text(&self, which: Stmt) -> &str {
         match which {
-            Stmt::WriteChecked => &self.write_checked,
+            Stmt::WriteChecked => &self.write_checked[Rows::Mixed as usize],
+            Stmt::WriteCheckedNew => &self.write_checked[Rows::New as usize],
+            Stmt::WriteCheckedUpdates => &self.write_checked[Rows::Updates as usize],
             Stmt::WriteUnchecked => &self.write_unchecked,
             Stmt::Select => &self.select,
             Stmt::ListIds => &self.list_ids,
@@ -206,7 +225,9 @@ impl Sql {
             Stmt::InsertOne => &self.insert_one,
             Stmt::UpdateOne => &self.update_one,
             Stmt::UpsertOne => &self.upsert_one,
-            Stmt::WriteCheckedFenced => &self.fenced.write_checked,
+            Stmt::WriteCheckedFenced => &self.fenced.write_checked[Rows::Mixed as usize],
+            Stmt::WriteCheckedNewFenced => &self.fenced.write_checked[Rows::New as usize],
+            Stmt::WriteCheckedUpdatesFenced => &self.fenced.write_checked[Rows::Updates as usize],
             Stmt::WriteUncheckedFenced => &self.fenced.write_unchecked,
             Stmt::InsertOneFenced => &self.fenced.insert_one,
             Stmt::UpdateOneFenced => &self.fenced.update_one,
@@ -261,7 +282,7 @@ impl Sql {
 
     pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
         let t = format!("{}.{}", schema.quoted(), table.quoted());
-        let write_checked = checked_write(&t, &format!("input AS ({INPUT})"), "input");
+        let write_checked = checked_writes(&t, &format!("input AS ({INPUT})"), "input");
         let write_unchecked = format!(
             r#"WITH written AS (
     INSERT INTO {t} AS s ({COLUMNS})
@@ -270,7 +291,8 @@ impl Sql {
     ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
     RETURNING s.persistence_id
 )
-SELECT count(*), array_agg(persistence_id::text) FROM written"#
+{}"#,
+            written_result("written")
         );
         let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
         let insert_one = format!(
@@ -351,21 +373,43 @@ SELECT count(*), array_agg(persistence_id::text) FROM written"#
     }
 }
 
-/// The version-checked multi-row write into `t`, of the rows of `source` (a CTE of the
-/// input columns, aliased `i`), after the CTEs `ctes` that define it: version 1 inserted
-/// unless the id has a row, version *v* > 1 updated only over *v − 1*. Returns the count of
-/// rows written and their ids.
-pub(crate) fn checked_write(t: &str, ctes: &str, source: &str) -> String {
-    format!(
-        r#"WITH {ctes},
-inserted AS (
+/// Which rows of a version-checked batch there are: versions 1 (inserted unless the id has
+/// a row), later versions (updated over the one before), or both. A batch of one kind is sent
+/// without the other's part: an empty part still runs (and fires its statement triggers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    Mixed = 0,
+    New = 1,
+    Updates = 2,
+}
+
+impl Rows {
+    /// The kind of a batch whose versions are `versions`.
+    pub(crate) fn of(versions: &[i64]) -> Rows {
+        let new = versions.iter().filter(|v| **v == 1).count();
+        match new {
+            0 => Rows::Updates,
+            n if n == versions.len() => Rows::New,
+            _ => Rows::Mixed,
+        }
+    }
+}
+
+/// The version-checked multi-row write of each kind of [`Rows`], over the CTEs `ctes`, whose
+/// `source` has the input rows (`$1` the ids). Returns one row: how many rows were written,
+/// and their ids only when some were not.
+pub(crate) fn checked_writes(t: &str, ctes: &str, source: &str) -> [String; 3] {
+    let inserted = format!(
+        r#"inserted AS (
     INSERT INTO {t} ({COLUMNS})
     SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i."timestamp", i.shard_number
     FROM {source} i WHERE i.version_number = 1
     ON CONFLICT (persistence_id) DO NOTHING
     RETURNING persistence_id
-),
-updated AS (
+)"#
+    );
+    let updated = format!(
+        r#"updated AS (
     UPDATE {t} AS s SET version_number = i.version_number,
         state_payload = i.state_payload,
         state_manifest = i.state_manifest,
@@ -376,10 +420,34 @@ updated AS (
       AND s.persistence_id = i.persistence_id
       AND s.version_number = i.version_number - 1
     RETURNING s.persistence_id
-)
-SELECT count(*), array_agg(persistence_id::text) FROM (
-    SELECT persistence_id FROM inserted UNION ALL SELECT persistence_id FROM updated
-) AS written"#
+)"#
+    );
+    let result = |parts: &str, written: &str| {
+        format!(
+            "WITH {ctes},
+{parts}
+{}",
+            written_result(written)
+        )
+    };
+    [
+        result(
+            &format!(
+                "{inserted},
+{updated}"
+            ),
+            "(SELECT persistence_id FROM inserted UNION ALL SELECT persistence_id FROM updated)",
+        ),
+        result(&inserted, "inserted"),
+        result(&updated, "updated"),
+    ]
+}
+
+/// The one result row of a multi-row write whose written ids are `written`: how many, and
+/// the ids only when fewer than the input's (`$1`), so the usual answer is one number.
+pub(crate) fn written_result(written: &str) -> String {
+    format!(
+        "SELECT count(*), CASE WHEN count(*) < cardinality($1::text[])          THEN array_agg(persistence_id::text) END FROM {written} AS written"
     )
 }
 
@@ -422,9 +490,30 @@ mod tests {
         );
         assert!(!sql.create.contains("states_store"));
         assert!(
-            sql.write_checked
+            sql.write_checked[Rows::Mixed as usize]
                 .contains(r#"INSERT INTO "tenant_a"."Accounts""#)
         );
+    }
+
+    #[test]
+    fn a_batch_of_one_kind_is_written_without_the_other_part() {
+        assert_eq!(Rows::of(&[1, 1]), Rows::New);
+        assert_eq!(Rows::of(&[2, 7]), Rows::Updates);
+        assert_eq!(Rows::of(&[1, 2]), Rows::Mixed);
+        let sql = Sql::for_names(
+            &Identifier::parse("schema", "s").unwrap(),
+            &Identifier::parse("table", "t").unwrap(),
+        );
+        let [mixed, new, updates] = &sql.write_checked;
+        assert!(mixed.contains("INSERT INTO") && mixed.contains("UPDATE "));
+        assert!(new.contains("INSERT INTO") && !new.contains("UPDATE "));
+        assert!(!updates.contains("INSERT INTO") && updates.contains("UPDATE "));
+        for text in [mixed, new, updates, &sql.write_unchecked] {
+            assert!(
+                text.contains("CASE WHEN count(*) < cardinality($1::text[])"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

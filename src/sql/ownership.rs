@@ -3,7 +3,10 @@
 //! ids, and the fenced forms of the write statements, which commit a row only while the
 //! epoch it carries is still its owner row's.
 
-use super::{COLUMNS, INPUT, Identifier, UPDATE_ALL, checked_write, quote_name, without_comments};
+use super::{
+    COLUMNS, INPUT, Identifier, UPDATE_ALL, checked_writes, quote_name, without_comments,
+    written_result,
+};
 use crate::config::Config;
 
 /// The ownership tables, shipped in `resources/`: the one source of their definition.
@@ -40,7 +43,8 @@ fn tables(schema: &Identifier, table: &Identifier) -> (String, String) {
 /// not per row: renewals, which change no key, do not wait for writes.
 #[derive(Debug)]
 pub(crate) struct Fenced {
-    pub write_checked: String,
+    /// By kind of batch, as [`super::Sql::write_checked`].
+    pub write_checked: [String; 3],
     pub write_unchecked: String,
     pub insert_one: String,
     pub update_one: String,
@@ -68,7 +72,7 @@ impl Fenced {
 allowed AS ({INPUT}
     WHERE EXISTS (SELECT 1 FROM fence))"#
         );
-        let write_checked = checked_write(&t, &fence, "allowed");
+        let write_checked = checked_writes(&t, &fence, "allowed");
         let write_unchecked = format!(
             r#"WITH {fence},
 written AS (
@@ -78,7 +82,8 @@ written AS (
     ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
     RETURNING s.persistence_id
 )
-SELECT count(*), array_agg(persistence_id::text) FROM written"#
+{}"#,
+            written_result("written")
         );
         let one_fence = format!(
             "WITH fence AS MATERIALIZED (SELECT 1 FROM {r} \
@@ -300,8 +305,11 @@ mod tests {
     fn every_fenced_write_locks_its_registration_and_checks_the_incarnation() {
         let (schema, table) = names();
         let fenced = Fenced::for_names(&schema, &table);
+        let [mixed, new, updates] = &fenced.write_checked;
         for text in [
-            &fenced.write_checked,
+            mixed,
+            new,
+            updates,
             &fenced.write_unchecked,
             &fenced.insert_one,
             &fenced.update_one,
