@@ -118,7 +118,7 @@
 //! statement, its ids in one array) and one index entry, and a notification from at most one
 //! transaction at a time (a notifying commit takes a database-wide lock, so the triggers let
 //! only the holder of a try-lock notify). On a two-core test machine at 1,000 writers that
-//! cost 12 % of the write rate (the statement triggers themselves about 9 of it); a log of one row
+//! cost 10–12 % of the write rate (the statement trigger itself most of it); a log of one row
 //! per written row (the first design) cost 25 %.
 //! `BENCHMARKS.md` ("Change feed") has the measurements, the designs compared and the plan of
 //! a resuming read (index range scans, only the changed entries). The log keeps each write's
