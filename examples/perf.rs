@@ -15,7 +15,9 @@
 //!   own; its p50/p99 are
 //!   from a write's acknowledgement to the consumer's first delivery of that version or a later
 //!   one;
-//! - `entities`: one `DurableEntity` per writer on the actor; `entities_direct`: on the handle.
+//! - `entities`: one `DurableEntity` per writer on the actor; `entities_direct`: on the handle;
+//!   `registry`: the same entities by id through an `EntityRegistry` on the handle (the
+//!   README's path), one caller per id.
 //!
 //! Reads: `pgbench_read` (100-id `= ANY` selects, 4 connections) against `store_reads`
 //! (`--readers` concurrent `get`s). Idle latency: `bare_upsert` (one prepared single-row upsert,
@@ -38,7 +40,8 @@ use clap::Parser;
 use common::{Bump, Writer, bench_state, durable};
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::{
-    Distribution, DurableEntity, DurableStore, DurableStoreActor, Offset, StateStore, WriteState,
+    Distribution, DurableEntity, DurableStore, DurableStoreActor, EntityRegistry, Offset,
+    StateStore, WriteState,
 };
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -82,7 +85,7 @@ struct Args {
 }
 
 /// Every variant, in the order a round runs them.
-const VARIANTS: [&str; 11] = [
+const VARIANTS: [&str; 12] = [
     "pgbench_upsert",
     "raw_unnest",
     "store",
@@ -90,6 +93,7 @@ const VARIANTS: [&str; 11] = [
     "actor",
     "entities",
     "entities_direct",
+    "registry",
     "pgbench_read",
     "store_reads",
     "bare_upsert",
@@ -222,6 +226,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "entities_direct" => {
                     entities(handle.clone().into(), args.writers, seconds, &prefix(name)).await
                 }
+                "registry" => registry(&handle, args.writers, seconds, &prefix(name)).await,
                 "pgbench_read" => pgbench(&db, Workload::Read, args.connections, seconds)?,
                 "store_reads" => reads(&handle, args.readers, seconds).await,
                 "bare_upsert" => {
@@ -470,6 +475,38 @@ async fn entities(store: StateStore, count: usize, run_for: Duration, prefix: &s
         done.get()
     })
     .await
+}
+
+async fn registry(store: &DurableStore, count: usize, run_for: Duration, prefix: &str) -> Sample {
+    let registry = EntityRegistry::builder(store.clone(), |id: &str| Writer { id: id.into() })
+        .idle_timeout(None)
+        .start()
+        .expect("registry");
+    let ids: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    // Activated before the clock runs, as the other entity variants start theirs.
+    for answer in join_all(ids.iter().map(|id| registry.state(id))).await {
+        answer.expect("activated");
+    }
+    let deadline = Instant::now() + run_for;
+    let sample = measure(async {
+        let done = Rc::new(Cell::new(0_u64));
+        join_all(ids.iter().map(|id| {
+            let (done, registry, id) = (done.clone(), registry.clone(), id.clone());
+            actix::spawn(async move {
+                while Instant::now() < deadline {
+                    match registry.send(&id, Bump).await {
+                        Ok(_) => done.set(done.get() + 1),
+                        Err(error) => panic!("registry command failed: {error:?}"),
+                    }
+                }
+            })
+        }))
+        .await;
+        done.get()
+    })
+    .await;
+    registry.stop().await;
+    sample
 }
 
 async fn reads(store: &DurableStore, count: usize, run_for: Duration) -> Sample {
