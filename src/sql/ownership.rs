@@ -3,10 +3,8 @@
 //! ids, and the fenced forms of the write statements, which commit a row only while the
 //! epoch it carries is still its owner row's.
 
-use super::{
-    COLUMNS, INPUT, Identifier, UPDATE_ALL, checked_writes, quote_name, without_comments,
-    written_result,
-};
+use super::writes::{checked_writes, written_result};
+use super::{COLUMNS, INPUT, Identifier, UPDATE_ALL, quote_name, without_comments};
 use crate::config::Config;
 
 /// The ownership tables, shipped in `resources/`: the one source of their definition.
