@@ -637,28 +637,29 @@ fn a_paused_replica_that_wakes_after_a_takeover_commits_and_acknowledges_nothing
     std::thread::sleep(Duration::from_millis(300));
     let paused_at = lines.lock().unwrap().len();
     let config = db.config();
-    let (last, registry_thread) = {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix::System::new().block_on(async move {
-                let b = owned(DurableStore::new(config).unwrap(), "replica-b");
-                let last = take_over(&b, 3).await;
-                tx.send(last).unwrap();
-                // Keeps the ids while the zombie runs again.
-                tokio::time::sleep(LEASE * 4).await;
-                let last = take_over(&b, 1).await;
-                b.stop().await;
-                last
-            })
-        });
-        let first = rx.recv().unwrap();
-        signal(&zombie, "-CONT");
-        (first, thread)
-    };
-    assert_eq!(last.len(), 10);
-    let last = registry_thread.join().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (killed_tx, killed_rx) = std::sync::mpsc::channel::<()>();
+    let registry_thread = std::thread::spawn(move || {
+        actix::System::new().block_on(async move {
+            let b = owned(DurableStore::new(config).unwrap(), "replica-b");
+            tx.send(take_over(&b, 3).await).unwrap();
+            // Keeps the ids while the zombie runs again.
+            tokio::time::sleep(LEASE * 4).await;
+            tx.send(take_over(&b, 1).await).unwrap();
+            // Gives the ids up only once the zombie is gone: a live replica (which the
+            // zombie is again, registered anew) may claim released ids and write.
+            let _ = killed_rx.recv();
+            b.stop().await;
+        })
+    });
+    let first = rx.recv().unwrap();
+    assert_eq!(first.len(), 10);
+    signal(&zombie, "-CONT");
+    let last = rx.recv().unwrap();
     zombie.kill().unwrap();
     zombie.wait().unwrap();
+    killed_tx.send(()).unwrap();
+    registry_thread.join().unwrap();
     let lines = lines.lock().unwrap().clone();
     // Writes that committed before the pause may be acknowledged after it (their answers
     // were in flight): never one that builds on the new owner's deposits of 1000.
