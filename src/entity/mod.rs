@@ -129,7 +129,7 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
     }
 
     /// Runs the entity only while its id is this replica's: claimed through `claims` before
-    /// it loads, written fenced by the claim's epoch, released when it stops.
+    /// it loads, written fenced by the claim, released when it stops.
     pub(crate) fn owned_by(mut self, claims: Arc<dyn Claims>) -> Self {
         self.owned = Some(Owned::new(claims));
         self

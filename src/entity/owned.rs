@@ -1,7 +1,7 @@
 //! An entity whose id is owned by one replica at a time (a registry with
 //! [`RegistryBuilder::ownership`](crate::RegistryBuilder::ownership)): it claims the id before
 //! it loads its state, checks its replica's lease before each decision, writes fenced by its
-//! claim's epoch, and releases the id when it stops. The lease itself is the registry's.
+//! claim (the registration it claimed the id under), and releases the id when it stops. The lease itself is the registry's.
 
 use std::sync::Arc;
 
@@ -62,9 +62,9 @@ impl Refusal {
 /// The ownership side of one entity incarnation.
 pub(crate) struct Owned {
     pub(crate) claims: Arc<dyn Claims>,
-    /// This incarnation's claim, once it claimed the id: its epoch (to release it) and the
-    /// registration its writes are fenced by.
-    pub(crate) claim: Option<(i64, Fence)>,
+    /// This incarnation's claim, once it claimed the id: the registration its writes are
+    /// fenced by, and the epoch it is released by.
+    pub(crate) claim: Option<Fence>,
     /// Set once a write's outcome was unknown: it may still run on the server, so the id is
     /// not released (it moves only with this replica's registration).
     pub(crate) uncertain: bool,
@@ -116,13 +116,13 @@ impl Owned {
 
     /// The registration this incarnation's writes are fenced by.
     pub(crate) fn fence(&self) -> Option<Fence> {
-        self.claim.as_ref().map(|(_, fence)| fence.clone())
+        self.claim.clone()
     }
 
     /// Releases the claim when the incarnation stops, unless another replica has the id or a
     /// write of this incarnation may still be running on the server.
     pub(crate) fn release(&mut self, persistence_id: &str) {
-        if let Some((epoch, _)) = self.claim.take() {
+        if let Some(Fence { epoch, .. }) = self.claim.take() {
             if !self.uncertain && !matches!(self.refused, Some(Refusal::Elsewhere(_))) {
                 self.claims.release(persistence_id, epoch);
             }

@@ -134,8 +134,8 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             },
             Ok(Effect::Delete { reply }) => (None, Change::Delete(id.to_owned()), reply),
         };
-        // An owned entity's write carries its claim's epoch: it commits only while that claim
-        // is the id's current one.
+        // An owned entity's write carries its claim's fence: it commits only while the
+        // registration it claimed the id under is still there.
         let fence = match &self.owned {
             None => None,
             Some(owned) => match owned.fence() {

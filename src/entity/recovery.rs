@@ -10,15 +10,15 @@ use crate::behavior::DurableStateBehavior;
 use crate::error::Error;
 use crate::repository::{Claimed, Fence};
 
-/// What a load found: the epoch of the claim it made (an owned entity not yet claimed claims
+/// What a load found: the claim it made (an owned entity not yet claimed claims
 /// its id first), and the state and version.
-type Loaded<S> = (Option<(i64, Fence)>, Result<(S, u64), Error>);
+type Loaded<S> = (Option<Fence>, Result<(S, u64), Error>);
 
 impl<B: DurableStateBehavior> DurableEntity<B> {
     /// Reads and decodes the stored state: the initial state at version 0 when there is none,
     /// and at the tombstone's version when the entity was deleted. An owned entity without a
     /// claim claims its id first: the read then sees every write of earlier owners, since
-    /// one of an older epoch can no longer commit.
+    /// one of an older claim can no longer commit.
     fn load(&self) -> impl std::future::Future<Output = Loaded<B::State>> + 'static {
         let store = self.store.clone();
         let id = self.behavior.persistence_id().to_owned();
@@ -32,7 +32,7 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
             let claimed = match claim {
                 None => None,
                 Some(claim) => match claim.await {
-                    Ok(Claimed::Owned { epoch, fence }) => Some((epoch, fence)),
+                    Ok(Claimed::Owned { fence }) => Some(fence),
                     Ok(Claimed::Elsewhere { owner }) => {
                         let refused = Error::NotOwner {
                             persistence_id: id,
@@ -51,7 +51,7 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         }
     }
 
-    /// Takes what a load found: the claim's epoch, and the state or why there is none (an id
+    /// Takes what a load found: the claim, and the state or why there is none (an id
     /// that is not this replica's to run is refused from now on).
     fn loaded(&mut self, (claimed, loaded): Loaded<B::State>) -> Result<(), Error> {
         if let Some(owned) = &mut self.owned {

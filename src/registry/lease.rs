@@ -187,7 +187,13 @@ fn incarnation() -> i64 {
 
 /// The registration of the moment.
 fn current(me: &Mutex<Arc<ReplicaId>>) -> Arc<ReplicaId> {
-    Arc::clone(&me.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    Arc::clone(&registration(me))
+}
+
+/// The registration, locked. A poisoned lock only means a thread panicked while replacing
+/// an `Arc`: the value is still whole.
+fn registration(me: &Mutex<Arc<ReplicaId>>) -> std::sync::MutexGuard<'_, Arc<ReplicaId>> {
+    me.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Keeps the lease of a registry: creates the tables if need be, registers, renews every
@@ -250,10 +256,7 @@ pub(super) async fn keep(lease: Arc<Lease>, registry: Weak<dyn Passivate>) {
                 // write still carrying it is fenced out. It registers again, afresh.
                 registered = false;
                 lease.lose();
-                *lease
-                    .me
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(ReplicaId {
+                *registration(&lease.me) = Arc::new(ReplicaId {
                     name: lease.name.clone(),
                     incarnation: incarnation(),
                 });

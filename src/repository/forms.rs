@@ -17,7 +17,9 @@ use crate::state::StateRow;
 
 impl Repository {
     /// A lone write (an idle store) takes the plain single-row statement: less for the server
-    /// to plan and run than the array form. It returns the id if it wrote it.
+    /// to plan and run than the array form. It returns the id if it wrote it. A fenced row
+    /// takes the registration as two more parameters, or with `by_epoch` (Citus: a
+    /// single-shard statement on the colocated owner row) its claim's epoch as one.
     pub(super) async fn apply_one(
         &self,
         client: &PooledClient,
@@ -25,22 +27,38 @@ impl Repository {
         by_epoch: bool,
     ) -> Result<Vec<bool>, Error> {
         let row = &write.row;
-        if by_epoch {
-            if let Some(fence) = &write.fence {
-                return self.apply_one_by_epoch(client, row, fence.epoch).await;
-            }
-        }
-        let fenced = write.fence.as_ref();
-        let replica: Option<&str> = fenced.map(|f| &*f.replica);
-        let incarnation: Option<i64> = fenced.map(|f| f.incarnation);
-        let fenced = fenced.is_some();
-        let statement = match (self.version_check, fenced) {
-            (VersionCheck::Sequential, false) if row.version_number == 1 => Stmt::InsertOne,
-            (VersionCheck::Sequential, false) => Stmt::UpdateOne,
-            (VersionCheck::Unchecked, false) => Stmt::UpsertOne,
-            (VersionCheck::Sequential, true) if row.version_number == 1 => Stmt::InsertOneFenced,
-            (VersionCheck::Sequential, true) => Stmt::UpdateOneFenced,
-            (VersionCheck::Unchecked, true) => Stmt::UpsertOneFenced,
+        let fence = write.fence.as_ref();
+        let form = match self.version_check {
+            VersionCheck::Sequential if row.version_number == 1 => 0,
+            VersionCheck::Sequential => 1,
+            VersionCheck::Unchecked => 2,
+        };
+        let (statement, extra) = match fence {
+            None => ([Stmt::InsertOne, Stmt::UpdateOne, Stmt::UpsertOne][form], 0),
+            Some(_) if by_epoch => (
+                [
+                    Stmt::InsertOneByEpoch,
+                    Stmt::UpdateOneByEpoch,
+                    Stmt::UpsertOneByEpoch,
+                ][form],
+                1,
+            ),
+            Some(_) => (
+                [
+                    Stmt::InsertOneFenced,
+                    Stmt::UpdateOneFenced,
+                    Stmt::UpsertOneFenced,
+                ][form],
+                2,
+            ),
+        };
+        let replica: Option<&str> = fence.map(|f| &*f.replica);
+        let incarnation: Option<i64> = fence.map(|f| f.incarnation);
+        let epoch: Option<i64> = fence.map(|f| f.epoch);
+        let seventh: (&(dyn ToSql + Sync), Type) = if by_epoch {
+            (&epoch, Type::INT8)
+        } else {
+            (&replica, Type::TEXT)
         };
         let params: [(&(dyn ToSql + Sync), Type); 8] = [
             (&row.persistence_id, Type::TEXT),
@@ -49,37 +67,12 @@ impl Repository {
             (&row.state_manifest, Type::TEXT),
             (&row.timestamp, Type::INT8),
             (&row.shard_number, Type::INT8),
-            (&replica, Type::TEXT),
+            seventh,
             (&incarnation, Type::INT8),
         ];
-        // The fenced forms take the registration as two more parameters.
-        let params = if fenced { &params[..] } else { &params[..6] };
-        let written = client.query(&self.sql, statement, params).await?;
-        Ok(vec![!written.is_empty()])
-    }
-
-    /// A lone row fenced by its owner row and `epoch` (Citus: single-shard, colocated).
-    async fn apply_one_by_epoch(
-        &self,
-        client: &PooledClient,
-        row: &StateRow,
-        epoch: i64,
-    ) -> Result<Vec<bool>, Error> {
-        let statement = match self.version_check {
-            VersionCheck::Sequential if row.version_number == 1 => Stmt::InsertOneByEpoch,
-            VersionCheck::Sequential => Stmt::UpdateOneByEpoch,
-            VersionCheck::Unchecked => Stmt::UpsertOneByEpoch,
-        };
-        let params: [(&(dyn ToSql + Sync), Type); 7] = [
-            (&row.persistence_id, Type::TEXT),
-            (&row.version_number, Type::INT8),
-            (&row.state_payload, Type::BYTEA),
-            (&row.state_manifest, Type::TEXT),
-            (&row.timestamp, Type::INT8),
-            (&row.shard_number, Type::INT8),
-            (&epoch, Type::INT8),
-        ];
-        let written = client.query(&self.sql, statement, &params).await?;
+        let written = client
+            .query(&self.sql, statement, &params[..6 + extra])
+            .await?;
         Ok(vec![!written.is_empty()])
     }
 

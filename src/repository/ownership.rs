@@ -40,9 +40,9 @@ impl ReplicaId {
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Claimed {
-    /// The id is this replica's, claimed with a new epoch under the registration `fence`,
-    /// which its writes carry.
-    Owned { epoch: i64, fence: Fence },
+    /// The id is this replica's, claimed with a new epoch under this registration: the
+    /// fence its writes carry (and the epoch it is released by).
+    Owned { fence: Fence },
     /// Another live replica owns it (`None`: its owner row could not be read in time).
     Elsewhere { owner: Option<String> },
 }
@@ -101,23 +101,18 @@ impl Repository {
     /// incarnation holds it with a lease that has not run out: whether it did, and the
     /// instant just before the statement was sent (the lease runs out at least `lease` after
     /// it, in the database's time).
-    /// Deletes the registrations whose lease ran out first, so that a name held by a dead
-    /// process is taken over by deleting its registration, never by changing it in place.
+    ///
+    /// The registrations whose lease ran out are deleted first, on the same connection and
+    /// within the same `within`, so that a name held by a dead process is taken over by
+    /// deleting its registration, never by changing it in place.
     pub(crate) async fn register(
         &self,
         me: &ReplicaId,
         lease: Duration,
         within: Duration,
     ) -> Result<(bool, Instant), Error> {
-        let revoke = async {
-            let client = self.checkout().await?;
-            client.query_text(&self.ownership.revoke, &[]).await
-        };
-        match tokio::time::timeout(within, revoke).await {
-            Ok(result) => result?,
-            Err(_) => return Err(Error::Timeout { timeout: within }),
-        };
-        self.lease_statement(&self.ownership.register, me, lease, within)
+        let revoke = Some(self.ownership.revoke.as_str());
+        self.lease_statement(revoke, &self.ownership.register, me, lease, within)
             .await
     }
 
@@ -129,42 +124,49 @@ impl Repository {
         lease: Duration,
         within: Duration,
     ) -> Result<(bool, Instant), Error> {
-        self.lease_statement(&self.ownership.renew, me, lease, within)
+        self.lease_statement(None, &self.ownership.renew, me, lease, within)
             .await
     }
 
-    /// Runs a lease statement, giving up after `within`: a renewal that cannot get through
-    /// (a lock, a frozen server) is cancelled and its connection discarded, so it never holds
-    /// up a write that would take that connection next.
+    /// Runs a lease statement (after `first`, if any), giving up after `within` for all of
+    /// it: a statement that cannot get through (a lock, a frozen server) is cancelled and
+    /// its connection discarded, so it never holds up a write that would take that
+    /// connection next.
     async fn lease_statement(
         &self,
+        first: Option<&str>,
         text: &str,
         me: &ReplicaId,
         lease: Duration,
         within: Duration,
     ) -> Result<(bool, Instant), Error> {
         let millis = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let bounded = async {
-            let client = self.checkout().await?;
+        let deadline = tokio::time::Instant::now() + within;
+        let timed_out = || Error::Timeout { timeout: within };
+        // The checkout counts too.
+        let client = match tokio::time::timeout_at(deadline, self.checkout()).await {
+            Ok(client) => client?,
+            Err(_) => return Err(timed_out()),
+        };
+        let statements = async {
+            if let Some(first) = first {
+                client.query_text(first, &[]).await?;
+            }
             let sent = Instant::now();
             let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
                 (&me.name, Type::TEXT),
                 (&me.incarnation, Type::INT8),
                 (&millis, Type::INT8),
             ];
-            let statement = client.query_text(text, &params);
-            match tokio::time::timeout_at((sent + within).into(), statement).await {
-                Ok(rows) => Ok((!rows?.is_empty(), sent)),
-                Err(_) => {
-                    client.abandon();
-                    Err(Error::Timeout { timeout: within })
-                }
-            }
+            let rows = client.query_text(text, &params).await?;
+            Ok((!rows.is_empty(), sent))
         };
-        // The checkout counts too.
-        match tokio::time::timeout(within, bounded).await {
+        match tokio::time::timeout_at(deadline, statements).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout { timeout: within }),
+            Err(_) => {
+                client.abandon();
+                Err(timed_out())
+            }
         }
     }
 
@@ -235,7 +237,7 @@ impl Repository {
                 match row.try_get::<_, Option<i64>>(1).map_err(Error::database)? {
                     Some(epoch) => {
                         let fence = me.fence(epoch);
-                        found.insert(id, Claimed::Owned { epoch, fence });
+                        found.insert(id, Claimed::Owned { fence });
                     }
                     None => owned_elsewhere.push(id),
                 }
@@ -259,7 +261,6 @@ impl Repository {
                 let owner: Option<String> = row.try_get(2).map_err(Error::database)?;
                 let claimed = match (epoch, owner) {
                     (Some(epoch), _) => Claimed::Owned {
-                        epoch,
                         fence: me.fence(epoch),
                     },
                     (None, Some(owner)) => Claimed::Elsewhere { owner: Some(owner) },

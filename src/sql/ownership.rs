@@ -62,7 +62,7 @@ impl Fenced {
         let (o, r) = tables(schema, table);
         // The registration is the statement's, not each row's: a batch is split by
         // registration before it is sent, so the check is one lock and one InitPlan, not a
-        // probe per row (the per-row form, with two more arrays, cost 0.76x at 100 rows).
+        // probe per row (BENCHMARKS.md "Ownership across replicas" has both forms measured).
         let fence = format!(
             r#"fence AS MATERIALIZED (
     SELECT 1 FROM {r} WHERE replica = $7::text AND incarnation = $8::int8 FOR KEY SHARE
