@@ -107,19 +107,18 @@ impl HandleCommand<Deposit> for Account {
     }
 }
 
-/// User + system CPU time of the process, in microseconds.
+/// CPU time of the process, in microseconds: the time each of its threads has spent running
+/// (`/proc/self/task/*/schedstat`, in nanoseconds), not the 10 ms ticks of `/proc/self/stat`.
 fn cpu_us() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
-    ticks * 1e6 / 100.0
+    ns as f64 / 1e3
 }
 
 async fn measure(

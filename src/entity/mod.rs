@@ -1,5 +1,6 @@
 //! The actor that runs a [`DurableStateBehavior`]: recovery, persistence, conflicts.
 
+mod command;
 mod owned;
 mod persist;
 mod policy;
@@ -19,6 +20,7 @@ use crate::behavior::{CommandError, DurableStateBehavior, HandleCommandAsync};
 use crate::error::Error;
 use crate::publish::Publish;
 
+pub use self::command::RunCommand;
 pub(crate) use self::owned::{Claims, Owned};
 pub use self::policy::{ConflictPolicy, RecoveryPolicy, Sharding};
 pub use self::state_store::StateStore;
@@ -221,15 +223,10 @@ where
     B: HandleCommandAsync<C>,
     C: Message<Result = Result<B::Reply, CommandError<B::Error>>> + Clone + 'static,
 {
-    type Result = AtomicResponse<Self, Result<B::Reply, CommandError<B::Error>>>;
+    type Result = RunCommand<C>;
 
     fn handle(&mut self, command: C, _ctx: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(Box::pin(self.run_command(command, 1).map(
-            |answer, entity, _ctx| {
-                entity.done();
-                answer
-            },
-        )))
+        RunCommand(command)
     }
 }
 

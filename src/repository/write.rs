@@ -63,11 +63,8 @@ impl Repository {
         // connection...), later rounds are not sent: their callers get the same error at once
         // rather than wait out another timeout each.
         let mut failed: Option<Error> = None;
-        for mut round in rounds(batch) {
-            // One lock order for every writer: ids in byte order.
-            round.sort_unstable_by(|a, b| {
-                a.input.row.persistence_id.cmp(&b.input.row.persistence_id)
-            });
+        // Each round in id byte order already: one lock order for every writer.
+        for round in rounds(batch) {
             // A fenced statement is checked against one registration.
             let parts = by_registration(round, |p| p.input.fence.as_ref())
                 .into_iter()
@@ -296,27 +293,27 @@ fn answer_all(batch: Vec<Pending<Write>>, error: &Error) {
 
 /// Splits a batch into rounds in which each id appears once, keeping each id's arrival order:
 /// PostgreSQL cannot upsert one row twice in a statement, and running the rounds in order
-/// behaves exactly as if the writes had been sent one after the other.
-fn rounds(batch: Vec<Pending<Write>>) -> Vec<Vec<Pending<Write>>> {
-    // The round of each write, over borrowed ids: no id is copied.
-    let round_of: Vec<usize> = {
-        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
-        batch
-            .iter()
-            .map(|pending| {
-                let next = seen
-                    .entry(pending.input.row.persistence_id.as_str())
-                    .or_insert(0);
-                *next += 1;
-                *next - 1
-            })
-            .collect()
-    };
-    let count = round_of.iter().max().map_or(0, |last| last + 1);
-    if count <= 1 {
+/// behaves exactly as if the writes had been sent one after the other. Each round is in id
+/// byte order, the one lock order of every writer.
+fn rounds(mut batch: Vec<Pending<Write>>) -> Vec<Vec<Pending<Write>>> {
+    // Stable: one id's writes stay in arrival order, next to each other. No hashing: the
+    // sort is needed for the lock order anyway.
+    batch.sort_by(|a, b| a.input.row.persistence_id.cmp(&b.input.row.persistence_id));
+    let id = |i: usize| batch[i].input.row.persistence_id.as_str();
+    if (1..batch.len()).all(|i| id(i - 1) != id(i)) {
         // The usual case: every id once.
         return vec![batch];
     }
+    // The k-th write of an id goes to round k.
+    let mut round_of = Vec::with_capacity(batch.len());
+    for i in 0..batch.len() {
+        let round = match round_of.last() {
+            Some(&last) if id(i - 1) == id(i) => last + 1,
+            _ => 0,
+        };
+        round_of.push(round);
+    }
+    let count = round_of.iter().max().map_or(0, |last| last + 1);
     let mut rounds: Vec<Vec<Pending<Write>>> = (0..count).map(|_| Vec::new()).collect();
     for (pending, round) in batch.into_iter().zip(round_of) {
         rounds[round].push(pending);

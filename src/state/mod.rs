@@ -8,6 +8,7 @@ use prost_types::Any;
 use crate::error::{Error, InvalidInput};
 
 mod row;
+mod type_url;
 
 pub(crate) use self::row::StateRow;
 
@@ -112,19 +113,17 @@ impl DurableState {
         version_number: u64,
         state: &M,
     ) -> Self {
-        // The standard prefix, as Go's `anypb.New` writes it (prost's default `Name` type URL
-        // is a bare `/name`); pushed rather than formatted, as this runs on every write.
-        let name = M::full_name();
-        let mut type_url = String::with_capacity(TYPE_URL_PREFIX.len() + name.len());
-        type_url.push_str(TYPE_URL_PREFIX);
-        type_url.push_str(&name);
+        let type_url = type_url::type_url_of::<M>();
+        // Room for the `Any` header before the bytes: a row in eGo's format is then laid out
+        // in this same buffer (see `StateRow::encode`).
+        let len = state.encoded_len();
+        let mut value = Vec::with_capacity(type_url::any_header_len(&type_url, len) + len);
+        // A `Vec` grows as needed: encoding into one cannot run out of room.
+        let _ = state.encode(&mut value);
         DurableState {
             persistence_id: persistence_id.into(),
             version_number,
-            resulting_state: Some(Any {
-                type_url,
-                value: state.encode_to_vec(),
-            }),
+            resulting_state: Some(Any { type_url, value }),
             timestamp: now_millis(),
             shard: 0,
         }

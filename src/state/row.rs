@@ -3,6 +3,7 @@
 use prost::Message;
 use prost_types::Any;
 
+use super::type_url::encode_any_in_place;
 use super::{
     ANY_MANIFEST, DurableState, MAX_MANIFEST_LEN, RowFormat, TOMBSTONE_MANIFEST, TYPE_URL_PREFIX,
     is_full_name, is_json_name, now_millis, type_name, validate_persistence_id,
@@ -77,9 +78,15 @@ impl StateRow {
                 && any.type_url.strip_prefix(TYPE_URL_PREFIX) == Some(name)
                 && name != ANY_MANIFEST;
             if typed {
-                (name.to_owned(), any.value)
+                // The name is the URL's tail: moved to the front, not copied.
+                let mut manifest = any.type_url;
+                manifest.drain(..TYPE_URL_PREFIX.len());
+                (manifest, any.value)
             } else {
-                (ANY_MANIFEST.to_owned(), any.encode_to_vec())
+                // The URL's string, emptied, holds the manifest (shorter than any URL).
+                let (payload, mut manifest) = encode_any_in_place(any);
+                manifest.push_str(ANY_MANIFEST);
+                (manifest, payload)
             }
         };
         Ok(StateRow {
