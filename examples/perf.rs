@@ -85,9 +85,10 @@ struct Args {
 }
 
 /// Every variant, in the order a round runs them.
-const VARIANTS: [&str; 12] = [
+const VARIANTS: [&str; 13] = [
     "pgbench_upsert",
     "raw_unnest",
+    "raw_checked",
     "store",
     "store_feed",
     "actor",
@@ -181,7 +182,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let sample = match name {
                 "pgbench_upsert" => pgbench(&db, Workload::Upsert, args.connections, seconds)?,
-                "raw_unnest" => raw_unnest(&db, args.connections, seconds, round).await,
+                "raw_unnest" => raw_unnest(&db, args.connections, seconds, round, false).await,
+                "raw_checked" => raw_unnest(&db, args.connections, seconds, round, true).await,
                 "store" => {
                     let store = handle.clone();
                     writers(args.writers, seconds, &prefix(name), move |state| {
@@ -593,14 +595,21 @@ async fn bare_upsert(
 }
 
 /// The tokio-postgres ceiling: `connections` connections, each upserting its own 100-row
-/// chunks with a prepared `UNNEST` statement, arrays built once.
+/// chunks with a prepared `UNNEST` statement, arrays built once. With `checked`, the
+/// statement is the store's version-checked update of an update-only batch instead (each
+/// round writes the next version of every id): the store's statement without the store.
 async fn raw_unnest(
     db: &TestDatabase,
     connections: u32,
     run_for: Duration,
     round: usize,
+    checked: bool,
 ) -> Sample {
-    let sql = common::unnest_upsert(db.schema());
+    let sql = if checked {
+        common::checked_update(db.schema())
+    } else {
+        common::unnest_upsert(db.schema())
+    };
     let types = [
         Type::TEXT_ARRAY,
         Type::INT8_ARRAY,
@@ -635,6 +644,24 @@ async fn raw_unnest(
                 );
                 let mut rows = 0_u64;
                 let mut version = 0_i64;
+                if checked {
+                    // Version 1 of every id, for the checked updates to go on from.
+                    let upsert = common::unnest_upsert_sql(client, db.schema()).await;
+                    for chunk in &chunks {
+                        let n = chunk.len();
+                        let versions = vec![1_i64; n];
+                        let params: [&(dyn ToSql + Sync); 6] = [
+                            chunk,
+                            &versions,
+                            &&payloads[..n],
+                            &&manifests[..n],
+                            &&zeros[..n],
+                            &&zeros[..n],
+                        ];
+                        client.execute(&upsert, &params).await.expect("seed");
+                    }
+                    version = 1;
+                }
                 while Instant::now() < deadline {
                     version += 1;
                     for chunk in &chunks {

@@ -26,7 +26,8 @@ use crate::tls::PoolTls;
 /// handle). Its mailbox never waits on the database: a write or read goes straight into
 /// a bounded queue served by `max_connections` workers, with the caller's reply channel
 /// (see [`Enqueue`]); when that queue is full the actor takes no message until there is room,
-/// so the memory it holds stays bounded however the messages are sent. A worker with nothing to do
+/// so the memory it holds stays bounded however the messages are sent. Its mailbox holds up to
+/// `max_pending_requests` messages before `send` waits. A worker with nothing to do
 /// sends a lone request at once; requests that queue while every worker is busy are sent
 /// together as one multi-row statement and one commit (group commit), each caller still
 /// getting its own answer. Writes of different entities run concurrently up to the pool size.
@@ -142,10 +143,14 @@ impl From<DurableStore> for DurableStoreActor {
 impl Actor for DurableStoreActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         // Building the pool needs the runtime, which exists from here on. It opens nothing yet,
         // so this cannot fail on an unreachable database; `new` already checked the config.
-        self.connect();
+        let store = self.connect();
+        // The mailbox holds as many requests as the queue behind it: actix's default (16)
+        // parks every `send` beyond it, and a parked send allocates four times over, though
+        // taking a message costs the actor next to nothing.
+        ctx.set_mailbox_capacity(store.checked().config.max_pending_requests.max(16));
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

@@ -121,6 +121,43 @@ pub fn unnest_upsert(schema: &str) -> String {
     )
 }
 
+/// The store's version-checked write of an update-only batch, as `src/sql/writes.rs` builds it
+/// (each row updated only over the version before its own), with its one result row.
+pub fn checked_update(schema: &str) -> String {
+    format!(
+        r#"WITH input AS (SELECT * FROM UNNEST($1::text[], $2::int8[], $3::bytea[], $4::text[], $5::int8[], $6::int8[])
+        WITH ORDINALITY AS i(persistence_id, version_number, state_payload, state_manifest, "timestamp", shard_number, ord)),
+updated AS (
+    UPDATE {schema}.states_store AS s SET version_number = i.version_number,
+        state_payload = i.state_payload, state_manifest = i.state_manifest,
+        "timestamp" = i."timestamp", shard_number = i.shard_number
+    FROM input i
+    WHERE i.version_number > 1 AND s.persistence_id = i.persistence_id
+      AND s.version_number = i.version_number - 1
+    RETURNING s.persistence_id
+)
+SELECT count(*), CASE WHEN count(*) < cardinality($1::text[]) THEN array_agg(persistence_id::text) END FROM updated AS written"#
+    )
+}
+
+/// [`unnest_upsert`], prepared on `client`.
+pub async fn unnest_upsert_sql(client: &Client, schema: &str) -> tokio_postgres::Statement {
+    client
+        .prepare_typed(
+            &unnest_upsert(schema),
+            &[
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::BYTEA_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
+            ],
+        )
+        .await
+        .expect("prepare")
+}
+
 /// The store's config for a benchmark: plain TCP, as the hand-written baselines connect (a
 /// connection string without `sslmode` would otherwise use TLS wherever the server offers it).
 pub fn store_config(db: &TestDatabase) -> durablestore_postgres::Config {
