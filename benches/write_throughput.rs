@@ -17,7 +17,7 @@ use common::{Bump, Writer, bench_state, durable};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use durablestore_postgres::{DurableEntity, DurableStoreActor, WriteState};
 use futures_util::future::join_all;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 
 const WRITERS: usize = 1000;
 /// Writes per writer per measured iteration.
@@ -144,17 +144,14 @@ fn write_throughput(c: &mut Criterion) {
                 clients.push(common::connect(&db).await);
             }
             let sql = common::unnest_upsert(db.schema());
-            let types = [
-                Type::TEXT_ARRAY,
-                Type::INT8_ARRAY,
-                Type::BYTEA_ARRAY,
-                Type::TEXT_ARRAY,
-                Type::INT8_ARRAY,
-                Type::INT8_ARRAY,
-            ];
             let mut statements = Vec::new();
             for client in &clients {
-                statements.push(client.prepare_typed(&sql, &types).await.unwrap());
+                statements.push(
+                    client
+                        .prepare_typed(&sql, &common::ARRAY_TYPES)
+                        .await
+                        .unwrap(),
+                );
             }
             (clients, statements)
         });

@@ -25,7 +25,7 @@ use clap::Parser;
 use common::{bench_state, durable};
 use durablestore_postgres::{DurableStore, DurableStoreActor, WriteState};
 use hdrhistogram::Histogram;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 
 #[derive(Parser, Debug)]
 #[command(about = "lone write latency, interleaved")]
@@ -38,15 +38,6 @@ struct Args {
     only: String,
 }
 
-const TYPES: [Type; 6] = [
-    Type::TEXT,
-    Type::INT8,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-];
-
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
@@ -58,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let table = format!("{}.states_store", db.schema());
     let upsert_client = common::connect(&db).await;
     let upsert = upsert_client
-        .prepare_typed(&common::single_upsert(db.schema()), &TYPES)
+        .prepare_typed(&common::single_upsert(db.schema()), &common::ROW_TYPES)
         .await?;
     let update_client = common::connect(&db).await;
     let update_sql = format!(
@@ -67,7 +58,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          WHERE persistence_id = $1::text AND version_number = $2::int8 - 1 \
          RETURNING persistence_id"
     );
-    let update = update_client.prepare_typed(&update_sql, &TYPES).await?;
+    let update = update_client
+        .prepare_typed(&update_sql, &common::ROW_TYPES)
+        .await?;
     let payload = prost::Message::encode_to_vec(&bench_state("bare", 1));
     let variants: Vec<&str> = args.only.split(',').collect();
     let mut histograms: Vec<Histogram<u64>> = variants

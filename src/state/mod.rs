@@ -118,8 +118,8 @@ impl DurableState {
         // in this same buffer (see `StateRow::encode`).
         let len = state.encoded_len();
         let mut value = Vec::with_capacity(type_url::any_header_len(&type_url, len) + len);
-        // A `Vec` grows as needed: encoding into one cannot run out of room.
-        let _ = state.encode(&mut value);
+        // As `encode_to_vec` does: `encode` would compute the length a second time.
+        state.encode_raw(&mut value);
         DurableState {
             persistence_id: persistence_id.into(),
             version_number,
