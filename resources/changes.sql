@@ -4,14 +4,21 @@
 -- this same text in `CreateSchema` when the feed is enabled, with the configured schema and
 -- table names substituted for `states_store` (and in the names derived from it).
 --
--- states_store itself is not changed (no column, no index: its updates stay HOT). Each
--- statement that inserts, updates or deletes rows of it appends one entry to
--- states_store_changes holding the ids it wrote (up to 1,000 per entry; more make more
--- entries), stamped with the id of the writing transaction (`pg_current_xact_id()`), by
--- statement-level triggers with transition tables, and sends one notification per
--- transaction. Rows written by any client are caught, also eGo's Go store, whose upsert names
--- only the six columns. One entry per statement, not per row: the log costs a row and an
--- index entry per batch.
+-- states_store itself is not changed (no column, no index: its updates stay HOT). Each write
+-- appends an entry to states_store_changes holding the ids it wrote (up to 1,000 per entry;
+-- more make more entries), stamped with the id of the writing transaction
+-- (`pg_current_xact_id()`), and sends one notification per transaction:
+-- * the crate's own write statements log their ids themselves, in the same statement (they
+--   begin with `/*durablestore:logged*/`), so its updates fire no row trigger and capture no
+--   transition table. A crate statement that does not log itself (`/*durablestore:unlogged*/`,
+--   from a store started before the feed was installed) is refused before it touches a row
+--   (SQLSTATE DSF01); the store then sends its writes logged.
+-- * other writers are caught by triggers: every inserted row (also each row of eGo's Go upsert,
+--   `INSERT ... ON CONFLICT DO UPDATE`, which fires the insert trigger for every row it
+--   proposes) is logged by a BEFORE INSERT row trigger; a plain UPDATE statement by another
+--   client finds the rows its transaction wrote with one scan of the table at its end (no row
+--   trigger on updates: even one that never fires costs every update a fetch of the old row);
+--   every DELETE logs its rows through a statement trigger's transition table.
 -- The feed delivers an entry only once its transaction id is below the xmin of the reading
 -- statement's snapshot: every transaction that could still add an entry below it has ended.
 -- Within a transaction, entries are in `seq` order, ids in array order.
@@ -67,10 +74,26 @@ CREATE OR REPLACE FUNCTION states_store_changes_log() RETURNS trigger
     LANGUAGE plpgsql AS
 $fn$
 DECLARE
-    logged BIGINT;
+    logged BIGINT := 0;
 BEGIN
-    -- One insert for the usual statement (up to 1,000 rows); entries of 1,000 ids for more.
-    IF TG_OP = 'DELETE' THEN
+    IF TG_LEVEL = 'ROW' THEN
+        -- BEFORE INSERT, of a statement that does not log itself: this row's id. The statement
+        -- is marked as caught, so its UPDATE statement trigger (an upsert's) does not scan.
+        INSERT INTO states_store_changes (xid, n, ids)
+        VALUES (pg_current_xact_id(), 1, ARRAY[NEW.persistence_id::text]);
+        PERFORM set_config('durablestore.caught', 'on', TRUE);
+        logged := 1;
+    ELSIF TG_WHEN = 'BEFORE' THEN
+        IF left(current_query(), 25) = '/*durablestore:unlogged*/' THEN
+            RAISE EXCEPTION USING ERRCODE = 'DSF01',
+                MESSAGE = format('%s has a change feed: the crate''s writes must log themselves', TG_RELID::regclass),
+                HINT = 'durablestore-postgres sends this write again in its logged form';
+        END IF;
+        -- A statement starts: rows caught by an earlier statement are not this one's.
+        PERFORM set_config('durablestore.caught', '', TRUE);
+        RETURN NULL;
+    ELSIF TG_OP = 'DELETE' THEN
+        -- One insert for the usual statement (up to 1,000 rows); entries of 1,000 ids for more.
         INSERT INTO states_store_changes (xid, n, ids, versions, deleted)
         SELECT pg_current_xact_id(), count(*), array_agg(persistence_id),
                array_agg(version_number), TRUE
@@ -86,17 +109,22 @@ BEGIN
             GET DIAGNOSTICS logged = ROW_COUNT;
         END IF;
     ELSE
+        -- AFTER a plain UPDATE statement by another client: the rows this transaction (or one
+        -- of its subtransactions) wrote are the visible ones whose xmin is still in progress.
+        -- An xmin is widened to its full transaction id next to this transaction's own; only
+        -- ids from this transaction's on are asked about (the special ids below 3 never).
         INSERT INTO states_store_changes (xid, n, ids)
-        SELECT pg_current_xact_id(), count(*), array_agg(persistence_id)
-        FROM new_rows HAVING count(*) BETWEEN 1 AND 1000;
+        SELECT pg_current_xact_id(), cardinality(a.ids[k + 1:k + 1000]), a.ids[k + 1:k + 1000]
+        FROM (SELECT array_agg(s.persistence_id::text ORDER BY s.persistence_id) AS ids
+              FROM (SELECT pg_current_xact_id()::text::bigint AS top) AS me,
+                   states_store s,
+                   LATERAL (SELECT me.top - 2147483648
+                               + (s.xmin::text::bigint - me.top % 4294967296 + 6442450944) % 4294967296
+                               AS xid) AS w
+              WHERE CASE WHEN s.xmin::text::bigint >= 3 AND w.xid >= me.top
+                    THEN pg_xact_status(w.xid::text::xid8) = 'in progress' ELSE FALSE END) a,
+             generate_series(0, coalesce(cardinality(a.ids), 0) - 1, 1000) AS k;
         GET DIAGNOSTICS logged = ROW_COUNT;
-        IF logged = 0 THEN
-            INSERT INTO states_store_changes (xid, n, ids)
-            SELECT pg_current_xact_id(), count(*), array_agg(persistence_id)
-            FROM (SELECT persistence_id, (row_number() OVER () - 1) / 1000 AS part FROM new_rows) e
-            GROUP BY part HAVING (SELECT count(*) FROM new_rows) > 1000;
-            GET DIAGNOSTICS logged = ROW_COUNT;
-        END IF;
     END IF;
     -- Sent at commit, once per transaction however many statements notify. A notifying
     -- commit takes a database-wide lock, so only one transaction at a time notifies: the
@@ -104,25 +132,42 @@ BEGIN
     IF logged > 0 AND pg_try_advisory_xact_lock(hashtext('durablestore_changes_' || TG_RELID::text)) THEN
         PERFORM pg_notify('durablestore_changes_' || TG_RELID::text, '');
     END IF;
+    IF TG_LEVEL = 'ROW' THEN
+        RETURN NEW;
+    END IF;
     RETURN NULL;
 END
 $fn$;
 
 DO
 $do$
+DECLARE
+    installed BOOLEAN := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                                 WHERE tgrelid = 'states_store'::regclass
+                                   AND tgname = 'durablestore_changes_delete');
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                   WHERE tgrelid = 'states_store'::regclass
-                     AND tgname = 'durablestore_changes_insert') THEN
-        CREATE TRIGGER durablestore_changes_insert AFTER INSERT ON states_store
-            REFERENCING NEW TABLE AS new_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION states_store_changes_log();
-        CREATE TRIGGER durablestore_changes_update AFTER UPDATE ON states_store
-            REFERENCING NEW TABLE AS new_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION states_store_changes_log();
-        CREATE TRIGGER durablestore_changes_delete AFTER DELETE ON states_store
-            REFERENCING OLD TABLE AS old_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION states_store_changes_log();
+    -- The statement triggers with transition tables of an earlier version of this file,
+    -- which every update paid for.
+    DROP TRIGGER IF EXISTS durablestore_changes_insert ON states_store;
+    DROP TRIGGER IF EXISTS durablestore_changes_update ON states_store;
+    CREATE OR REPLACE TRIGGER durablestore_changes_start BEFORE INSERT OR UPDATE ON states_store
+        FOR EACH STATEMENT
+        WHEN (left(current_query(), 25) = '/*durablestore:unlogged*/'
+              OR current_setting('durablestore.caught', TRUE) = 'on')
+        EXECUTE FUNCTION states_store_changes_log();
+    CREATE OR REPLACE TRIGGER durablestore_changes_row BEFORE INSERT ON states_store
+        FOR EACH ROW
+        WHEN (left(current_query(), 23) IS DISTINCT FROM '/*durablestore:logged*/')
+        EXECUTE FUNCTION states_store_changes_log();
+    CREATE OR REPLACE TRIGGER durablestore_changes_scan AFTER UPDATE ON states_store
+        FOR EACH STATEMENT
+        WHEN (left(current_query(), 23) IS DISTINCT FROM '/*durablestore:logged*/'
+              AND current_setting('durablestore.caught', TRUE) IS DISTINCT FROM 'on')
+        EXECUTE FUNCTION states_store_changes_log();
+    CREATE OR REPLACE TRIGGER durablestore_changes_delete AFTER DELETE ON states_store
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION states_store_changes_log();
+    IF NOT installed THEN
         -- The rows already there: entries of 1,000 ids, in this transaction. The triggers'
         -- lock waited for every earlier writer, and catch every later one.
         INSERT INTO states_store_changes (xid, n, ids)

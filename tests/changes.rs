@@ -431,6 +431,162 @@ async fn go_format_rows_written_by_plain_sql_are_delivered() {
     db.cleanup().await.unwrap();
 }
 
+/// The store's own writes log themselves in their statements: one entry per statement, none
+/// added by a trigger, and each delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_own_writes_are_logged_once_by_their_own_statements() {
+    let db = TestDatabase::new().await.unwrap();
+    let store = feed_store(&db).await;
+    let client = db.client().await.unwrap();
+    for version in 1..=3 {
+        store
+            .write(state("own", version, 10 * version as i64))
+            .await
+            .unwrap();
+    }
+    store.delete("own", 4).await.unwrap();
+    let entries: Vec<(i32, Vec<String>)> = client
+        .query(
+            &format!(
+                r#"SELECT n, ids FROM "{}".states_store_changes ORDER BY xid, seq"#,
+                db.schema()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(entries, vec![(1, vec!["own".to_owned()]); 4]);
+    let mut view = View::default();
+    drain(&db, &store, &mut view).await;
+    assert_eq!(view.latest["own"], (4, true));
+    db.cleanup().await.unwrap();
+}
+
+/// A store that started writing before another process installed the feed is refused once
+/// per connection (nothing applied), then sends its writes logged: none is lost, none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_started_before_the_feed_was_installed_logs_its_writes_from_then_on() {
+    let db = TestDatabase::new().await.unwrap();
+    let early = DurableStore::new(db.config()).unwrap();
+    early.create_schema().await.unwrap();
+    for id in ["e-1", "e-2"] {
+        early.write(state(id, 1, 1)).await.unwrap();
+    }
+    let feed = feed_store(&db).await;
+    let (view, task) = follow(&feed, Offset::BEGINNING);
+    for version in 2..=4 {
+        let writes = ["e-1", "e-2", "e-3"].map(|id| {
+            let version = if id == "e-3" { version - 1 } else { version };
+            early.write(state(id, version, version as i64))
+        });
+        for outcome in durablestore_postgres::futures_util::future::join_all(writes).await {
+            assert_eq!(outcome.unwrap(), WriteOutcome::Written);
+        }
+    }
+    let client = db.client().await.unwrap();
+    settle(&db).await;
+    until_view_is_table(&view, &client, db.schema()).await;
+    task.abort();
+    db.cleanup().await.unwrap();
+}
+
+/// Plain UPDATE statements by another client (not an upsert): the rows its transaction
+/// wrote are found at the statement's end, also inside a savepoint, and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_updates_by_other_clients_are_delivered_also_from_a_savepoint() {
+    let db = TestDatabase::new().await.unwrap();
+    let store = feed_store(&db).await;
+    let mut client = db.client().await.unwrap();
+    let schema = db.schema();
+    for id in ["p-1", "p-2", "p-3"] {
+        go_upsert(&client, schema, id, 1, 1).await;
+    }
+    let mut view = View::default();
+    drain(&db, &store, &mut view).await;
+    let update = format!(
+        r#"UPDATE "{schema}".states_store SET version_number = version_number + 1
+           WHERE persistence_id = ANY($1)"#
+    );
+    let mut transaction = client.transaction().await.unwrap();
+    transaction.execute(&update, &[&vec!["p-1"]]).await.unwrap();
+    let savepoint = transaction.savepoint("nested").await.unwrap();
+    savepoint
+        .execute(&update, &[&vec!["p-2", "p-3"]])
+        .await
+        .unwrap();
+    savepoint.commit().await.unwrap();
+    // A rolled-back savepoint's rows are not this transaction's.
+    let dropped = transaction.savepoint("dropped").await.unwrap();
+    dropped.execute(&update, &[&vec!["p-1"]]).await.unwrap();
+    dropped.rollback().await.unwrap();
+    transaction.commit().await.unwrap();
+    drain(&db, &store, &mut view).await;
+    let expected: Versions = ["p-1", "p-2", "p-3"]
+        .into_iter()
+        .map(|id| (id.to_owned(), (2, false)))
+        .collect();
+    assert_eq!(view.latest, expected);
+    assert_eq!(table(&client, schema).await, expected);
+    db.cleanup().await.unwrap();
+}
+
+/// A table with the previous version's triggers (statement triggers with transition tables
+/// on insert and update, which every update paid for) gets the current ones when the feed is
+/// installed again, its log kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installing_again_replaces_the_previous_versions_triggers() {
+    let db = TestDatabase::new().await.unwrap();
+    let store = feed_store(&db).await;
+    store.write(state("kept", 1, 1)).await.unwrap();
+    let client = db.client().await.unwrap();
+    let t = format!(r#""{}".states_store"#, db.schema());
+    for (name, event) in [
+        ("durablestore_changes_insert", "INSERT"),
+        ("durablestore_changes_update", "UPDATE"),
+    ] {
+        client
+            .batch_execute(&format!(
+                "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING NEW TABLE AS new_rows \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {}_changes_log()",
+                t
+            ))
+            .await
+            .unwrap();
+    }
+    store.create_schema().await.unwrap();
+    let triggers: Vec<String> = client
+        .query(
+            &format!(
+                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = '{t}'::regclass \
+                 AND NOT tgisinternal ORDER BY tgname"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        triggers,
+        [
+            "durablestore_changes_delete",
+            "durablestore_changes_row",
+            "durablestore_changes_scan",
+            "durablestore_changes_start",
+        ]
+    );
+    store.write(state("kept", 2, 2)).await.unwrap();
+    let mut view = View::default();
+    drain(&db, &store, &mut view).await;
+    assert_eq!(view.latest["kept"], (2, false));
+    assert_eq!(log_rows(&client, db.schema()).await, 2, "logged once each");
+    db.cleanup().await.unwrap();
+}
+
 /// Timestamps that repeat and go backwards (eGo v3 writes seconds, clocks step back): the
 /// feed's order is the commits', whatever the column says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,12 +812,22 @@ async fn a_statement_of_thousands_of_rows_is_delivered_page_by_page() {
         )
         .await
         .unwrap();
+    // Another client's inserts are logged row by row; its plain UPDATE by one scan at the
+    // statement's end, in entries of 1,000 ids.
+    client
+        .execute(
+            &format!(r#"UPDATE "{schema}".states_store SET version_number = 2"#),
+            &[],
+        )
+        .await
+        .unwrap();
+    settle(&db).await;
+    assert_eq!(store.compact_changes().await.unwrap(), 2500);
     assert_eq!(
         log_rows(&client, schema).await,
         3,
         "2,500 ids in entries of at most 1,000"
     );
-    settle(&db).await;
     let mut seen = std::collections::HashSet::new();
     let mut from = Offset::BEGINNING;
     loop {
@@ -686,7 +852,6 @@ async fn compaction_in_the_middle_of_an_entry_skips_nothing() {
     let store = feed_store(&db).await;
     let client = db.client().await.unwrap();
     let schema = db.schema();
-    // One statement, one entry of three ids.
     client
         .execute(
             &format!(
@@ -698,7 +863,17 @@ async fn compaction_in_the_middle_of_an_entry_skips_nothing() {
         )
         .await
         .unwrap();
+    // One plain UPDATE statement, one entry of three ids; the inserts' entries are stale.
+    client
+        .execute(
+            &format!(r#"UPDATE "{schema}".states_store SET version_number = 1"#),
+            &[],
+        )
+        .await
+        .unwrap();
     settle(&db).await;
+    assert_eq!(store.compact_changes().await.unwrap(), 3);
+    assert_eq!(log_rows(&client, schema).await, 1);
     let first = store.changes_page(&Offset::BEGINNING, 1).await.unwrap();
     let [change] = &first.changes[..] else {
         panic!("{:?}", first.changes)

@@ -10,8 +10,14 @@
 //!
 //! The feed is opt-in per store: [`Config::change_feed`]`(true)`. [`CreateSchema`] then also
 //! applies `resources/changes.sql` (an additive migration, to a new table or an existing one
-//! with its rows): a log table `{table}_changes` and three statement-level triggers on the
-//! table. A store without it pays nothing, and its table is not touched.
+//! with its rows): a log table `{table}_changes`, and triggers on the table for the writers
+//! that are not this crate. A store without it pays nothing, and its table is not touched.
+//!
+//! The feed belongs to the table, not to a store: every store writing a table that has it
+//! logs its writes, also one configured without `change_feed` or started before another
+//! process installed the feed. Such a store's first write on each connection is refused by
+//! the triggers before it touches a row (SQLSTATE `DSF01`), and the store sends it again, and
+//! every later write, in the form that logs itself: no write is lost, and none fails.
 //!
 //! ```no_run
 //! use durablestore_postgres::futures_util::StreamExt;
@@ -59,8 +65,11 @@
 //! - **Deletions are delivered**, as a change whose `state` is `None` and whose `version` is
 //!   the tombstone's. Purging tombstones ([`PurgeDeleted`]) never makes a deleted id come
 //!   back for a consumer, however far behind: the purge is a deletion too.
-//! - **Any writer is followed**: the triggers catch every insert, update and delete of the
-//!   table, also eGo's Go store's upsert of its six columns and plain SQL.
+//! - **Any writer is followed**: this crate's write statements log the ids they wrote in the
+//!   same statement; triggers catch every other client's inserts (row by row, also each row of
+//!   eGo's Go store's upsert of its six columns, `INSERT … ON CONFLICT DO UPDATE`), plain
+//!   `UPDATE`s (at the statement's end, one scan of the table finds the rows its transaction
+//!   wrote, also in savepoints) and every `DELETE`.
 //! - Delivery is at least once: a change may come again (after a resume, or when the feed read
 //!   an entity's row before the entry of its latest write became deliverable). A consumer
 //!   ignores a version it already has.
@@ -72,8 +81,9 @@
 //! sequence taken before commit does not work either: a transaction that took number 10 and
 //! commits after number 11 was read is skipped by a consumer already past 11.
 //!
-//! Each statement that writes the table appends one log row holding the ids it wrote (up to
-//! 1,000 per log row), stamped with the writing transaction's id (`pg_current_xact_id()`, a
+//! Each write statement of this crate appends one log row holding the ids it wrote (up to
+//! 1,000 per log row; another client's insert one per row, its plain update one per
+//! statement), stamped with the writing transaction's id (`pg_current_xact_id()`, a
 //! 64-bit `xid8`, which never wraps around) and numbered by an identity column (`seq`). An
 //! offset is (transaction id, log row, position of the id in it). The feed reads the entries
 //! in that order and delivers only those of transactions below the `xmin` of its statement's
@@ -114,12 +124,15 @@
 //!
 //! The table is not altered: no column and no index is added, so its updates stay HOT
 //! (an index on a column that changes on every write makes every update a non-HOT one).
-//! A write statement pays one insert into the append-only log per statement (a batch is one
-//! statement, its ids in one array) and one index entry, and a notification from at most one
-//! transaction at a time (a notifying commit takes a database-wide lock, so the triggers let
-//! only the holder of a try-lock notify). On a two-core test machine at 1,000 writers that
-//! cost 10–12 % of the write rate (the statement trigger itself most of it); a log of one row
-//! per written row (the first design) cost 25 %.
+//! A write statement of this crate pays one insert into the append-only log (a batch is one
+//! statement, its ids in one array), one index entry, and a notification from at most one
+//! transaction at a time (a notifying commit takes a database-wide lock, so only the holder
+//! of a try-lock notifies). It logs itself, in the statement, because any trigger that sees
+//! updates costs every update: PostgreSQL fetches the old row for each one before it looks
+//! at a row trigger's `WHEN`, and copies each row into a transition table. On a two-core test
+//! machine at 1,000 writers, the feed cost about 6 % of the write rate (7 % more CPU per
+//! state, 3 % more WAL); the statement triggers with transition tables of the previous
+//! version cost 11–12 %, a log of one row per written row (the first design) 25 %.
 //! `BENCHMARKS.md` ("Change feed") has the measurements, the designs compared and the plan of
 //! a resuming read (index range scans, only the changed entries). The log keeps each write's
 //! entry until [`DurableStore::compact_changes`] removes the entries that a later one of the
@@ -129,7 +142,7 @@
 //! # Waking up: notifications and polling
 //!
 //! A stream that has delivered everything waits for a notification (`LISTEN` on a dedicated
-//! connection per stream; the triggers `pg_notify` at most once per writing transaction) or for
+//! connection per stream; writes `pg_notify` at most once per writing transaction) or for
 //! [`Config::change_poll_interval`], whichever comes first, then reads again. Notifications
 //! only shorten the wait (under load a committing transaction may leave the notifying to a
 //! concurrent one, whose notification or the next poll picks its changes up): a lost one (a dropped listening connection, which is reopened) costs

@@ -13,7 +13,7 @@ use super::cancel::CLIENT_TIMEOUT_GRACE;
 use super::conn::Conn;
 use super::prepared::Prepared;
 use crate::error::Error;
-use crate::sql::{Sql, Stmt};
+use crate::sql::{FEED_INSTALLED, Sql, Stmt};
 
 /// How statements are sent on a store's connections, and how long they may take.
 #[derive(Debug, Clone)]
@@ -159,7 +159,35 @@ impl PooledClient {
     ///
     /// With `Config::transaction_pooling` and a statement timeout, each statement runs in a
     /// transaction of its own that sets the timeout (see [`in_transaction`]).
+    ///
+    /// A write the change feed's triggers refused as unlogged ([`FEED_INSTALLED`]: the table
+    /// has a feed installed since this store started, and nothing was applied) switches the
+    /// store's writes to their logged form and is sent again, logged.
     pub(crate) async fn query(
+        &self,
+        sql: &Sql,
+        which: Stmt,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, Error> {
+        match self.query_once(sql, which, params).await {
+            Err(error) if error.code().map(SqlState::code) == Some(FEED_INSTALLED) => {
+                if !sql.logs() {
+                    tracing::info!(
+                        "the table has a change feed: this store's writes log themselves from now on"
+                    );
+                    sql.log_writes();
+                }
+                // This connection's statements were prepared unlogged.
+                if let Some(prepared) = self.conn()?.prepared() {
+                    prepared.clear();
+                }
+                self.query_once(sql, which, params).await
+            }
+            other => other,
+        }
+    }
+
+    async fn query_once(
         &self,
         sql: &Sql,
         which: Stmt,

@@ -29,10 +29,19 @@ impl FeedSql {
         Self::for_names(&checked.schema, &checked.table)
     }
 
+    /// The qualified, quoted name of the feed's log of `table`.
+    pub(crate) fn log_table(schema: &Identifier, table: &Identifier) -> String {
+        format!(
+            "{}.{}",
+            schema.quoted(),
+            quote_name(&format!("{}_changes", table.as_str()))
+        )
+    }
+
     pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
         let q = |name: &str| format!("{}.{}", schema.quoted(), quote_name(name));
         let t = q(table.as_str());
-        let log = q(&format!("{}_changes", table.as_str()));
+        let log = Self::log_table(schema, table);
         let function = q(&format!("{}_changes_log", table.as_str()));
         // The per-row log of an earlier version, while it is moved.
         let earlier = format!("{}_changes_v1", table.as_str());

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{Checked, Config, VersionCheck};
 use crate::error::{InvalidInput, truncate};
@@ -17,8 +18,9 @@ mod writes;
 pub(crate) use self::feed::FeedSql;
 use self::ownership::Fenced;
 pub(crate) use self::ownership::{MAX_OWNED_TABLE_LEN, OwnershipSql};
+pub(crate) use self::writes::FEED_INSTALLED;
 pub(crate) use self::writes::Rows;
-use self::writes::{checked_writes, written_result};
+use self::writes::{Log, Writes};
 
 /// PostgreSQL's limit on identifier length (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_LEN: usize = 63;
@@ -159,25 +161,20 @@ pub(crate) const MAX_VALUES_ROWS: usize = 1_000;
 /// The statements of one store.
 #[derive(Debug)]
 pub(crate) struct Sql {
-    /// Version-checked write of N rows with distinct ids, in one statement and one commit.
+    /// The write statements, unlogged (`[0]`) and logging into the change feed's log (`[1]`).
     ///
-    /// Version 1 of a new id is inserted (`ON CONFLICT DO NOTHING`: an existing row is never
-    /// touched); version *v* > 1 updates the row only `WHERE version_number = v - 1`. Under
-    /// READ COMMITTED the update re-checks that condition against the latest committed row after
-    /// waiting for a concurrent writer, so a concurrent write can never be overwritten. Returns
-    /// one row: how many rows were written and their ids; the others are classified with a
-    /// fresh [`Sql::select`]. One statement per kind of batch ([`Rows`]): a batch of updates
-    /// only has no insert part.
-    pub write_checked: [String; 3],
-    /// Last-writer-wins upsert of N rows with distinct ids. Returns one row: how many rows were
-    /// written and their ids (a row a trigger or row-level policy suppressed is missing).
-    pub write_unchecked: String,
-    /// [`Sql::write_checked`] for one row of version 1: inserted unless the id has a row.
-    pub insert_one: String,
-    /// [`Sql::write_checked`] for one row of version > 1: updated only over version `$2 - 1`.
-    pub update_one: String,
-    /// [`Sql::write_unchecked`] for one row.
-    pub upsert_one: String,
+    /// Version-checked writes ([`Writes::write_checked`], one statement per kind of batch,
+    /// [`Rows`]): version 1 of a new id is inserted (`ON CONFLICT DO NOTHING`: an existing row
+    /// is never touched); version *v* > 1 updates the row only `WHERE version_number = v - 1`.
+    /// Under READ COMMITTED the update re-checks that condition against the latest committed
+    /// row after waiting for a concurrent writer, so a concurrent write can never be
+    /// overwritten. A multi-row write returns one row: how many rows were written and their ids
+    /// (a row a trigger or row-level policy suppressed is missing); the others are classified
+    /// with a fresh [`Sql::select`]. The single-row forms return the id they wrote.
+    pub writes: [Writes; 2],
+    /// Whether the writes are sent logged: set once the table showed a change feed (its
+    /// triggers refused an unlogged write, [`FEED_INSTALLED`]), and never cleared.
+    logs: AtomicBool,
     /// The stored rows of the ids in `$1::text[]`.
     pub select: String,
     /// Up to `$2` ids after `$1`, in id order, tombstones excluded: an index scan of the
@@ -216,29 +213,41 @@ impl Sql {
     }
 
     pub(crate) fn text(&self, which: Stmt) -> &str {
+        let form = usize::from(self.logs.load(Ordering::Relaxed));
+        let (plain, fenced) = (&self.writes[form], &self.fenced.writes[form]);
         match which {
-            Stmt::WriteChecked => &self.write_checked[Rows::Mixed as usize],
-            Stmt::WriteCheckedNew => &self.write_checked[Rows::New as usize],
-            Stmt::WriteCheckedUpdates => &self.write_checked[Rows::Updates as usize],
-            Stmt::WriteUnchecked => &self.write_unchecked,
+            Stmt::WriteChecked => &plain.write_checked[Rows::Mixed as usize],
+            Stmt::WriteCheckedNew => &plain.write_checked[Rows::New as usize],
+            Stmt::WriteCheckedUpdates => &plain.write_checked[Rows::Updates as usize],
+            Stmt::WriteUnchecked => &plain.write_unchecked,
             Stmt::Select => &self.select,
             Stmt::ListIds => &self.list_ids,
             Stmt::CurrentStates => &self.current_states,
             Stmt::PurgeDeleted => &self.purge_deleted,
-            Stmt::InsertOne => &self.insert_one,
-            Stmt::UpdateOne => &self.update_one,
-            Stmt::UpsertOne => &self.upsert_one,
-            Stmt::WriteCheckedFenced => &self.fenced.write_checked[Rows::Mixed as usize],
-            Stmt::WriteCheckedNewFenced => &self.fenced.write_checked[Rows::New as usize],
-            Stmt::WriteCheckedUpdatesFenced => &self.fenced.write_checked[Rows::Updates as usize],
-            Stmt::WriteUncheckedFenced => &self.fenced.write_unchecked,
-            Stmt::InsertOneFenced => &self.fenced.insert_one,
-            Stmt::UpdateOneFenced => &self.fenced.update_one,
-            Stmt::UpsertOneFenced => &self.fenced.upsert_one,
-            Stmt::InsertOneByEpoch => &self.fenced.by_epoch[0],
-            Stmt::UpdateOneByEpoch => &self.fenced.by_epoch[1],
-            Stmt::UpsertOneByEpoch => &self.fenced.by_epoch[2],
+            Stmt::InsertOne => &plain.insert_one,
+            Stmt::UpdateOne => &plain.update_one,
+            Stmt::UpsertOne => &plain.upsert_one,
+            Stmt::WriteCheckedFenced => &fenced.write_checked[Rows::Mixed as usize],
+            Stmt::WriteCheckedNewFenced => &fenced.write_checked[Rows::New as usize],
+            Stmt::WriteCheckedUpdatesFenced => &fenced.write_checked[Rows::Updates as usize],
+            Stmt::WriteUncheckedFenced => &fenced.write_unchecked,
+            Stmt::InsertOneFenced => &fenced.insert_one,
+            Stmt::UpdateOneFenced => &fenced.update_one,
+            Stmt::UpsertOneFenced => &fenced.upsert_one,
+            Stmt::InsertOneByEpoch => &self.fenced.by_epoch[form][0],
+            Stmt::UpdateOneByEpoch => &self.fenced.by_epoch[form][1],
+            Stmt::UpsertOneByEpoch => &self.fenced.by_epoch[form][2],
         }
+    }
+
+    /// Whether the writes are sent in their logged form.
+    pub(crate) fn logs(&self) -> bool {
+        self.logs.load(Ordering::Relaxed)
+    }
+
+    /// From now on the writes are sent logged: the table has a change feed.
+    pub(crate) fn log_writes(&self) {
+        self.logs.store(true, Ordering::Relaxed);
     }
 
     /// A write of `rows` rows with distinct ids as one multi-row `INSERT … VALUES … ON
@@ -285,33 +294,12 @@ impl Sql {
 
     pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
         let t = format!("{}.{}", schema.quoted(), table.quoted());
-        let write_checked = checked_writes(&t, &format!("input AS ({INPUT})"), "input");
-        let write_unchecked = format!(
-            r#"WITH written AS (
-    INSERT INTO {t} AS s ({COLUMNS})
-    SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i."timestamp", i.shard_number
-    FROM ({INPUT}) i
-    ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
-    RETURNING s.persistence_id
-)
-{}"#,
-            written_result("written")
-        );
-        let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
-        let insert_one = format!(
-            "INSERT INTO {t} ({COLUMNS}) VALUES ({one}) ON CONFLICT (persistence_id) DO NOTHING \
-             RETURNING persistence_id"
-        );
-        let update_one = format!(
-            r#"UPDATE {t} SET version_number = $2::int8, state_payload = $3::bytea,
-        state_manifest = $4::text, "timestamp" = $5::int8, shard_number = $6::int8
-    WHERE persistence_id = $1::text AND version_number = $2::int8 - 1
-    RETURNING persistence_id"#
-        );
-        let upsert_one = format!(
-            "INSERT INTO {t} AS s ({COLUMNS}) VALUES ({one}) \
-             ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL} RETURNING s.persistence_id"
-        );
+        let log = FeedSql::log_table(schema, table);
+        let log = Log {
+            log: &log,
+            table: &t,
+        };
+        let writes = [Writes::plain(&t, None), Writes::plain(&t, Some(log))];
         let select = format!("SELECT {COLUMNS} FROM {t} WHERE persistence_id = ANY($1::text[])");
         let live = format!("state_manifest <> '{TOMBSTONE_MANIFEST}'");
         let list_ids = format!(
@@ -356,11 +344,8 @@ impl Sql {
         let distribute = without_comments(CITUS_DDL).replace(Config::DEFAULT_TABLE, &t);
         let create_distributed = format!("{create}\n{distribute}");
         Sql {
-            write_checked,
-            write_unchecked,
-            insert_one,
-            update_one,
-            upsert_one,
+            writes,
+            logs: AtomicBool::new(false),
             select,
             list_ids,
             current_states,
@@ -415,7 +400,7 @@ mod tests {
         );
         assert!(!sql.create.contains("states_store"));
         assert!(
-            sql.write_checked[Rows::Mixed as usize]
+            sql.writes[0].write_checked[Rows::Mixed as usize]
                 .contains(r#"INSERT INTO "tenant_a"."Accounts""#)
         );
     }
@@ -429,15 +414,40 @@ mod tests {
             &Identifier::parse("schema", "s").unwrap(),
             &Identifier::parse("table", "t").unwrap(),
         );
-        let [mixed, new, updates] = &sql.write_checked;
-        assert!(mixed.contains("INSERT INTO") && mixed.contains("UPDATE "));
-        assert!(new.contains("INSERT INTO") && !new.contains("UPDATE "));
-        assert!(!updates.contains("INSERT INTO") && updates.contains("UPDATE "));
-        for text in [mixed, new, updates, &sql.write_unchecked] {
-            assert!(
-                text.contains("CASE WHEN count(*) < cardinality($1::text[])"),
-                "{text}"
-            );
+        let (insert, update) = (r#"INSERT INTO "s"."t" "#, r#"UPDATE "s"."t" "#);
+        for writes in &sql.writes {
+            let [mixed, new, updates] = &writes.write_checked;
+            assert!(mixed.contains(insert) && mixed.contains(update));
+            assert!(new.contains(insert) && !new.contains(update));
+            assert!(!updates.contains(insert) && updates.contains(update));
+            for text in [mixed, new, updates, &writes.write_unchecked] {
+                assert!(
+                    text.contains("CASE WHEN count(*) < cardinality($1::text[])"),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    /// The change feed's triggers tell the writes apart by their first bytes; a logged write
+    /// logs into the table's own log and reads `notified`, so its notification is sent.
+    #[test]
+    fn every_write_is_marked_and_its_logged_form_logs_itself() {
+        let sql = Sql::for_names(
+            &Identifier::parse("schema", "s").unwrap(),
+            &Identifier::parse("table", "t").unwrap(),
+        );
+        for (form, marker) in [writes::UNLOGGED, writes::LOGGED].into_iter().enumerate() {
+            let plain = &sql.writes[form];
+            let fenced = &sql.fenced.writes[form];
+            let texts = [plain, fenced].into_iter().flat_map(Writes::texts);
+            for text in texts.chain(&sql.fenced.by_epoch[form]) {
+                assert!(text.starts_with(marker), "{text}");
+                let logs = text.contains(r#"INSERT INTO "s"."t_changes" (xid, n, ids)"#)
+                    && text.contains("(SELECT count(*) FROM notified)")
+                    && text.contains(r#"'"s"."t"'::regclass"#);
+                assert_eq!(logs, form == 1, "{text}");
+            }
         }
     }
 

@@ -3,8 +3,8 @@
 //! ids, and the fenced forms of the write statements, which commit a row only while the
 //! epoch it carries is still its owner row's.
 
-use super::writes::{checked_writes, written_result};
-use super::{COLUMNS, INPUT, Identifier, UPDATE_ALL, quote_name, without_comments};
+use super::writes::{Log, Writes, checked_writes, one_row_forms, unchecked_write};
+use super::{COLUMNS, FeedSql, INPUT, Identifier, UPDATE_ALL, quote_name, without_comments};
 use crate::config::Config;
 
 /// The ownership tables, shipped in `resources/`: the one source of their definition.
@@ -41,15 +41,11 @@ fn tables(schema: &Identifier, table: &Identifier) -> (String, String) {
 /// not per row: renewals, which change no key, do not wait for writes.
 #[derive(Debug)]
 pub(crate) struct Fenced {
-    /// By kind of batch, as [`super::Sql::write_checked`].
-    pub write_checked: [String; 3],
-    pub write_unchecked: String,
-    pub insert_one: String,
-    pub update_one: String,
-    pub upsert_one: String,
+    /// Unlogged (`[0]`) and logged (`[1]`), as [`super::Sql::writes`].
+    pub writes: [Writes; 2],
     /// The single-row insert, update and upsert fenced by the id's owner row and epoch
-    /// instead (Citus).
-    pub by_epoch: [String; 3],
+    /// instead (Citus), unlogged and logged.
+    pub by_epoch: [[String; 3]; 2],
     /// The owner row of each id of `$1::text[]`: id, epoch, replica (NULL when released).
     pub owners_of: String,
     /// Whether registration `$1` (replica) / `$2` (incarnation) is still there.
@@ -70,32 +66,37 @@ impl Fenced {
 allowed AS ({INPUT}
     WHERE EXISTS (SELECT 1 FROM fence))"#
         );
-        let write_checked = checked_writes(&t, &fence, "allowed");
-        let write_unchecked = format!(
-            r#"WITH {fence},
-written AS (
-    INSERT INTO {t} AS s ({COLUMNS})
-    SELECT i.persistence_id, i.version_number, i.state_payload, i.state_manifest, i."timestamp", i.shard_number
-    FROM allowed i
-    ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL}
-    RETURNING s.persistence_id
-)
-{}"#,
-            written_result("written")
-        );
         let one_fence = format!(
-            "WITH fence AS MATERIALIZED (SELECT 1 FROM {r} \
-             WHERE replica = $7::text AND incarnation = $8::int8 FOR KEY SHARE)\n"
+            "fence AS MATERIALIZED (SELECT 1 FROM {r} \
+             WHERE replica = $7::text AND incarnation = $8::int8 FOR KEY SHARE)"
         );
-        let [insert_one, update_one, upsert_one] = one_row_forms(&t, &one_fence);
         // On Citus the registration is a reference table row, whose locks Citus serializes
         // across its placements (deadlocks under load): there the fence is the id's owner row,
         // colocated with the state, locked with its epoch ($7).
         let epoch_fence = format!(
-            "WITH fence AS MATERIALIZED (SELECT 1 FROM {o} \
-             WHERE persistence_id = $1::text AND epoch = $7::int8 FOR SHARE)\n"
+            "fence AS MATERIALIZED (SELECT 1 FROM {o} \
+             WHERE persistence_id = $1::text AND epoch = $7::int8 FOR SHARE)"
         );
-        let by_epoch = one_row_forms(&t, &epoch_fence);
+        let log = FeedSql::log_table(schema, table);
+        let forms = [
+            None,
+            Some(Log {
+                log: &log,
+                table: &t,
+            }),
+        ];
+        let writes = forms.map(|log| {
+            let [insert_one, update_one, upsert_one] =
+                one_row_forms(Some(&one_fence), fenced_one_row(&t), log);
+            Writes {
+                write_checked: checked_writes(&t, &fence, "allowed", log),
+                write_unchecked: unchecked_write(&t, &fence, "allowed", log),
+                insert_one,
+                update_one,
+                upsert_one,
+            }
+        });
+        let by_epoch = forms.map(|log| one_row_forms(Some(&epoch_fence), fenced_one_row(&t), log));
         let owners_of = format!(
             "SELECT persistence_id::text, epoch, replica::text FROM {o} \
              WHERE persistence_id = ANY($1::text[])"
@@ -104,11 +105,7 @@ written AS (
             "SELECT EXISTS (SELECT 1 FROM {r} WHERE replica = $1::text AND incarnation = $2::int8)"
         );
         Fenced {
-            write_checked,
-            write_unchecked,
-            insert_one,
-            update_one,
-            upsert_one,
+            writes,
             by_epoch,
             owners_of,
             registered,
@@ -117,23 +114,23 @@ written AS (
 }
 
 /// The single-row insert, update and upsert into `t`, each written only if the CTE `fence`
-/// (which `fence_cte` defines) has a row.
-fn one_row_forms(t: &str, fence_cte: &str) -> [String; 3] {
+/// has a row.
+fn fenced_one_row(t: &str) -> [String; 3] {
     let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
     [
         format!(
-            "{fence_cte}INSERT INTO {t} ({COLUMNS}) SELECT {one} FROM fence \
+            "INSERT INTO {t} ({COLUMNS}) SELECT {one} FROM fence \
              ON CONFLICT (persistence_id) DO NOTHING RETURNING persistence_id"
         ),
         format!(
-            r#"{fence_cte}UPDATE {t} SET version_number = $2::int8, state_payload = $3::bytea,
+            r#"UPDATE {t} SET version_number = $2::int8, state_payload = $3::bytea,
         state_manifest = $4::text, "timestamp" = $5::int8, shard_number = $6::int8
     WHERE persistence_id = $1::text AND version_number = $2::int8 - 1
       AND EXISTS (SELECT 1 FROM fence)
     RETURNING persistence_id"#
         ),
         format!(
-            "{fence_cte}INSERT INTO {t} AS s ({COLUMNS}) SELECT {one} FROM fence \
+            "INSERT INTO {t} AS s ({COLUMNS}) SELECT {one} FROM fence \
              ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL} RETURNING s.persistence_id"
         ),
     ]
@@ -303,16 +300,7 @@ mod tests {
     fn every_fenced_write_locks_its_registration_and_checks_the_incarnation() {
         let (schema, table) = names();
         let fenced = Fenced::for_names(&schema, &table);
-        let [mixed, new, updates] = &fenced.write_checked;
-        for text in [
-            mixed,
-            new,
-            updates,
-            &fenced.write_unchecked,
-            &fenced.insert_one,
-            &fenced.update_one,
-            &fenced.upsert_one,
-        ] {
+        for text in fenced.writes.iter().flat_map(Writes::texts) {
             assert!(
                 text.contains(r#"FROM "tenant_a"."Accounts_replicas""#),
                 "{text}"
