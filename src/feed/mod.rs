@@ -130,9 +130,13 @@
 //! of a try-lock notifies). It logs itself, in the statement, because any trigger that sees
 //! updates costs every update: PostgreSQL fetches the old row for each one before it looks
 //! at a row trigger's `WHEN`, and copies each row into a transition table. On a two-core test
-//! machine at 1,000 writers, the feed cost about 6 % of the write rate (7 % more CPU per
-//! state, 3 % more WAL); the statement triggers with transition tables of the previous
-//! version cost 11–12 %, a log of one row per written row (the first design) 25 %.
+//! machine at 1,000 writers, the feed cost 6–8 % of the write rate (0.94× and 0.92×, medians
+//! of two runs; 8–10 % more CPU per state, 3 % more WAL); the statement triggers with
+//! transition tables of the previous version cost 10–12 % in the same runs, a log of one row
+//! per written row (the first design) 25 %. Other clients pay for being caught: an insert
+//! adds a log row per row (a bulk `INSERT … SELECT` as many), and a plain `UPDATE` statement
+//! one scan of the whole table at its end (to find the rows its transaction wrote); eGo's Go
+//! store writes one row per statement, an upsert, so it pays a log row per write.
 //! `BENCHMARKS.md` ("Change feed") has the measurements, the designs compared and the plan of
 //! a resuming read (index range scans, only the changed entries). The log keeps each write's
 //! entry until [`DurableStore::compact_changes`] removes the entries that a later one of the
