@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::bank::{Account, Deposit};
 use common::{account, state};
 use durablestore_postgres::futures_util::StreamExt;
 use durablestore_postgres::testkit::TestDatabase;
 use durablestore_postgres::tokio_postgres::Client;
 use durablestore_postgres::{
-    Change, Config, DurableState, DurableStore, Error, InvalidInput, Offset, WriteOutcome,
+    Change, Config, DurableState, DurableStore, EntityRegistry, Error, InvalidInput, Offset,
+    Ownership, WriteOutcome,
 };
 use prost::Message;
 
@@ -462,6 +464,72 @@ async fn the_stores_own_writes_are_logged_once_by_their_own_statements() {
     let mut view = View::default();
     drain(&db, &store, &mut view).await;
     assert_eq!(view.latest["own"], (4, true));
+    db.cleanup().await.unwrap();
+}
+
+/// Every form of the crate's writes logs itself, once: multi-row and single-row, checked and
+/// unchecked, and fenced by ownership. Each acknowledged write is one id in the log, and the
+/// consumer's view is the table.
+#[actix::test]
+async fn every_form_of_the_crates_writes_logs_itself_once() {
+    let db = TestDatabase::new().await.unwrap();
+    let store = feed_store(&db).await;
+    let unchecked = DurableStore::new(
+        db.config()
+            .change_feed(true)
+            .version_check(durablestore_postgres::VersionCheck::Unchecked),
+    )
+    .unwrap();
+    let registry = EntityRegistry::builder(store.clone(), |id: &str| Account { id: id.into() })
+        .ownership(Ownership::leased("replica-a", Duration::from_secs(10)))
+        .idle_timeout(None)
+        .start()
+        .unwrap();
+    let owned: Vec<String> = (0..50).map(|i| format!("o-{i}")).collect();
+    let mut acknowledged = 0_i64;
+    for round in 1..=3_u64 {
+        // Concurrent writes: batches of many rows, and some of one.
+        let checked = (0..50).map(|i| store.write(state(&format!("c-{i}"), round, 1)));
+        let last_wins = (0..50).map(|i| unchecked.write(state(&format!("u-{i}"), round, 1)));
+        let commands = owned.iter().map(|id| registry.send(id, Deposit(1)));
+        let (checked, last_wins, commands) = futures_util::join!(
+            futures_util::future::join_all(checked),
+            futures_util::future::join_all(last_wins),
+            futures_util::future::join_all(commands)
+        );
+        for outcome in checked.into_iter().chain(last_wins) {
+            assert_eq!(outcome.unwrap(), WriteOutcome::Written);
+            acknowledged += 1;
+        }
+        for reply in commands {
+            assert_eq!(reply.unwrap().1, round);
+            acknowledged += 1;
+        }
+        // Alone: the single-row forms.
+        store.write(state("c-alone", round, 1)).await.unwrap();
+        unchecked.write(state("u-alone", round, 1)).await.unwrap();
+        registry.send("o-alone", Deposit(1)).await.unwrap();
+        acknowledged += 3;
+    }
+    registry.stop().await;
+    let client = db.client().await.unwrap();
+    let logged: i64 = client
+        .query_one(
+            &format!(
+                r#"SELECT sum(n)::int8 FROM "{}".states_store_changes"#,
+                db.schema()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, acknowledged, "each acknowledged write logged once");
+    let mut view = View::default();
+    drain(&db, &store, &mut view).await;
+    let truth = table(&client, db.schema()).await;
+    assert_eq!(view.as_table(&truth), truth);
+    assert_eq!(truth.len(), 153);
     db.cleanup().await.unwrap();
 }
 

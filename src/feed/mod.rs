@@ -52,6 +52,12 @@
 //! transaction as the read model's update: a crash between the two cannot happen, so each
 //! change counts exactly once.
 //!
+//! Removing the feed is the migration backwards, by hand: drop the triggers
+//! `durablestore_changes_start`, `_row`, `_scan` and `_delete` of the table, then the function
+//! `{table}_changes_log()` and the log `{table}_changes`, then restart the stores that wrote it
+//! (a store that logs its writes keeps doing so until it restarts, and its writes fail while
+//! the log is gone).
+//!
 //! # What a consumer may rely on
 //!
 //! - **Nothing committed after the offset is skipped.** Every change committed after the
