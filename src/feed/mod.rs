@@ -136,9 +136,9 @@
 //! of a try-lock notifies). It logs itself, in the statement, because any trigger that sees
 //! updates costs every update: PostgreSQL fetches the old row for each one before it looks
 //! at a row trigger's `WHEN`, and copies each row into a transition table. On a two-core test
-//! machine at 1,000 writers, the feed cost 6–8 % of the write rate (0.94× and 0.92×, medians
-//! of two runs; 8–10 % more CPU per state, 3 % more WAL); the statement triggers with
-//! transition tables of the previous version cost 10–12 % in the same runs, a log of one row
+//! machine at 1,000 writers, the feed cost 6–8 % of the write rate (0.94×, 0.92×, 0.93×, medians
+//! of three runs; 8–10 % more CPU per state, 3 % more WAL); the statement triggers with
+//! transition tables of the previous version cost 10–11 % in the same runs, a log of one row
 //! per written row (the first design) 25 %. Other clients pay for being caught: an insert
 //! adds a log row per row (a bulk `INSERT … SELECT` as many), and a plain `UPDATE` statement
 //! one scan of the whole table at its end (to find the rows its transaction wrote); eGo's Go
