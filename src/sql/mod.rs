@@ -295,11 +295,7 @@ impl Sql {
     pub(crate) fn for_names(schema: &Identifier, table: &Identifier) -> Self {
         let t = format!("{}.{}", schema.quoted(), table.quoted());
         let log = FeedSql::log_table(schema, table);
-        let log = Log {
-            log: &log,
-            table: &t,
-        };
-        let writes = [Writes::plain(&t, None), Writes::plain(&t, Some(log))];
+        let writes = Log::forms(&log, &t).map(|log| Writes::plain(&t, log));
         let select = format!("SELECT {COLUMNS} FROM {t} WHERE persistence_id = ANY($1::text[])");
         let live = format!("state_manifest <> '{TOMBSTONE_MANIFEST}'");
         let list_ids = format!(

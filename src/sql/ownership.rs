@@ -3,7 +3,7 @@
 //! ids, and the fenced forms of the write statements, which commit a row only while the
 //! epoch it carries is still its owner row's.
 
-use super::writes::{Log, Writes, checked_writes, one_row_forms, unchecked_write};
+use super::writes::{Log, Writes, one_row_forms};
 use super::{COLUMNS, FeedSql, INPUT, Identifier, UPDATE_ALL, quote_name, without_comments};
 use crate::config::Config;
 
@@ -78,23 +78,14 @@ allowed AS ({INPUT}
              WHERE persistence_id = $1::text AND epoch = $7::int8 FOR SHARE)"
         );
         let log = FeedSql::log_table(schema, table);
-        let forms = [
-            None,
-            Some(Log {
-                log: &log,
-                table: &t,
-            }),
-        ];
+        let forms = Log::forms(&log, &t);
         let writes = forms.map(|log| {
-            let [insert_one, update_one, upsert_one] =
-                one_row_forms(Some(&one_fence), fenced_one_row(&t), log);
-            Writes {
-                write_checked: checked_writes(&t, &fence, "allowed", log),
-                write_unchecked: unchecked_write(&t, &fence, "allowed", log),
-                insert_one,
-                update_one,
-                upsert_one,
-            }
+            Writes::new(
+                &t,
+                (&fence, "allowed"),
+                (Some(&one_fence), fenced_one_row(&t)),
+                log,
+            )
         });
         let by_epoch = forms.map(|log| one_row_forms(Some(&epoch_fence), fenced_one_row(&t), log));
         let owners_of = format!(

@@ -25,6 +25,13 @@ pub(crate) struct Log<'a> {
     pub table: &'a str,
 }
 
+impl<'a> Log<'a> {
+    /// The two forms of every write into `table`: unlogged (`[0]`), and logged into `log`.
+    pub(crate) fn forms(log: &'a str, table: &'a str) -> [Option<Log<'a>>; 2] {
+        [None, Some(Log { log, table })]
+    }
+}
+
 /// Which rows of a version-checked batch there are: versions 1 (inserted unless the id has
 /// a row), later versions (updated over the one before), or both. A batch of one kind is sent
 /// without the other's part: an empty part still runs (and fires its statement triggers).
@@ -74,36 +81,50 @@ impl Writes {
         ]
     }
 
-    /// The unfenced writes into `t`, logged into `log` if it is given.
-    pub(crate) fn plain(t: &str, log: Option<Log<'_>>) -> Writes {
-        let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
-        let [insert_one, update_one, upsert_one] = one_row_forms(
-            None,
-            [
-                format!(
-                    "INSERT INTO {t} ({COLUMNS}) VALUES ({one}) ON CONFLICT (persistence_id) DO NOTHING \
-                     RETURNING persistence_id"
-                ),
-                format!(
-                    r#"UPDATE {t} SET version_number = $2::int8, state_payload = $3::bytea,
-        state_manifest = $4::text, "timestamp" = $5::int8, shard_number = $6::int8
-    WHERE persistence_id = $1::text AND version_number = $2::int8 - 1
-    RETURNING persistence_id"#
-                ),
-                format!(
-                    "INSERT INTO {t} AS s ({COLUMNS}) VALUES ({one}) \
-                     ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL} RETURNING s.persistence_id"
-                ),
-            ],
-            log,
-        );
+    /// The writes into `t` over the CTEs `ctes`, whose `source` has the input rows, and the
+    /// single-row statements `one_row` (insert, update, upsert) after the CTE `one_cte` if
+    /// there is one; logged into `log` if it is given.
+    pub(crate) fn new(
+        t: &str,
+        (ctes, source): (&str, &str),
+        (one_cte, one_row): (Option<&str>, [String; 3]),
+        log: Option<Log<'_>>,
+    ) -> Writes {
+        let [insert_one, update_one, upsert_one] = one_row_forms(one_cte, one_row, log);
         Writes {
-            write_checked: checked_writes(t, &format!("input AS ({INPUT})"), "input", log),
-            write_unchecked: unchecked_write(t, &format!("input AS ({INPUT})"), "input", log),
+            write_checked: checked_writes(t, ctes, source, log),
+            write_unchecked: unchecked_write(t, ctes, source, log),
             insert_one,
             update_one,
             upsert_one,
         }
+    }
+
+    /// The unfenced writes into `t`, logged into `log` if it is given.
+    pub(crate) fn plain(t: &str, log: Option<Log<'_>>) -> Writes {
+        let one = "$1::text, $2::int8, $3::bytea, $4::text, $5::int8, $6::int8";
+        let one_row = [
+            format!(
+                "INSERT INTO {t} ({COLUMNS}) VALUES ({one}) ON CONFLICT (persistence_id) DO NOTHING \
+                 RETURNING persistence_id"
+            ),
+            format!(
+                r#"UPDATE {t} SET version_number = $2::int8, state_payload = $3::bytea,
+        state_manifest = $4::text, "timestamp" = $5::int8, shard_number = $6::int8
+    WHERE persistence_id = $1::text AND version_number = $2::int8 - 1
+    RETURNING persistence_id"#
+            ),
+            format!(
+                "INSERT INTO {t} AS s ({COLUMNS}) VALUES ({one}) \
+                 ON CONFLICT (persistence_id) DO UPDATE SET {UPDATE_ALL} RETURNING s.persistence_id"
+            ),
+        ];
+        Self::new(
+            t,
+            (&format!("input AS ({INPUT})"), "input"),
+            (None, one_row),
+            log,
+        )
     }
 }
 
