@@ -8,6 +8,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::Repository;
+use super::columns::Column;
 use super::fence::WriteRow;
 use crate::config::VersionCheck;
 use crate::error::Error;
@@ -84,12 +85,12 @@ impl Repository {
         writes: &[&WriteRow],
     ) -> Result<Vec<bool>, Error> {
         let rows: Vec<&StateRow> = writes.iter().map(|w| &w.row).collect();
-        let ids: Vec<&str> = rows.iter().map(|r| r.persistence_id.as_str()).collect();
-        let versions: Vec<i64> = rows.iter().map(|r| r.version_number).collect();
-        let payloads: Vec<&[u8]> = rows.iter().map(|r| r.state_payload.as_slice()).collect();
-        let manifests: Vec<&str> = rows.iter().map(|r| r.state_manifest.as_str()).collect();
-        let timestamps: Vec<i64> = rows.iter().map(|r| r.timestamp).collect();
-        let shards: Vec<i64> = rows.iter().map(|r| r.shard_number).collect();
+        let ids = Column::of(&rows, |r| r.persistence_id.as_str());
+        let versions = Column::of(&rows, |r| r.version_number);
+        let payloads = Column::of(&rows, |r| r.state_payload.as_slice());
+        let manifests = Column::of(&rows, |r| r.state_manifest.as_str());
+        let timestamps = Column::of(&rows, |r| r.timestamp);
+        let shards = Column::of(&rows, |r| r.shard_number);
         // A fenced statement carries the rows of one registration (see `by_registration`).
         let fence = writes.iter().find_map(|w| w.fence.as_ref());
         let fenced = fence.is_some();
@@ -106,14 +107,14 @@ impl Repository {
             (&incarnation, Type::INT8),
         ];
         let statement = match (self.version_check, fenced) {
-            (VersionCheck::Sequential, fenced) => Stmt::checked(Rows::of(&versions), fenced),
+            (VersionCheck::Sequential, fenced) => Stmt::checked(Rows::of(&versions.0), fenced),
             (VersionCheck::Unchecked, false) => Stmt::WriteUnchecked,
             (VersionCheck::Unchecked, true) => Stmt::WriteUncheckedFenced,
         };
         // The fenced forms take the registration as two more parameters.
         let params = if fenced { &params[..] } else { &params[..6] };
         let result = client.query(&self.sql, statement, params).await?;
-        Ok(written_of(&ids, result.first()))
+        Ok(written_of(&ids.0, result.first()))
     }
 }
 

@@ -26,6 +26,7 @@ use crate::state::{DurableState, StateRow};
 use crate::telemetry::{count_write, outcome_name};
 
 mod citus;
+mod columns;
 mod fence;
 mod forms;
 mod listing;
@@ -50,11 +51,18 @@ impl Kind for Write {
         write.row.state_payload.len() + write.row.persistence_id.len()
     }
 
-    fn answered(write: &WriteRow, outcome: &Result<WriteOutcome, Error>, queued: Instant) {
+    fn answered(
+        write: &WriteRow,
+        outcome: &Result<WriteOutcome, Error>,
+        queued: Instant,
+        now: Option<Instant>,
+    ) {
         let row = &write.row;
         let name = outcome_name(outcome);
         count_write(name);
-        metrics::histogram!("durablestore_write_seconds").record(queued.elapsed());
+        let now = now.unwrap_or_else(Instant::now);
+        metrics::histogram!("durablestore_write_seconds")
+            .record(now.saturating_duration_since(queued));
         match outcome {
             Ok(_) => tracing::debug!(
                 persistence_id = %row.persistence_id,
