@@ -357,6 +357,35 @@ mod tests {
     }
 
     #[test]
+    fn a_type_url_is_laid_out_alike_every_time_and_an_invalid_one_is_refused_every_time() {
+        // The second encoding of each URL takes the thread's memory of the first.
+        for url in [
+            "type.googleapis.com/acme.Thing",
+            "example.com/acme.Other",
+            "type.googleapis.com/google.protobuf.Any",
+        ] {
+            let mut state = sample();
+            state.resulting_state.as_mut().unwrap().type_url = url.into();
+            for format in [RowFormat::Any, RowFormat::Typed] {
+                let first = StateRow::encode(state.clone(), format).unwrap();
+                let again = StateRow::encode(state.clone(), format).unwrap();
+                assert_eq!(first, again, "{url} {format:?}");
+                assert_eq!(again.decode().unwrap(), state, "{url} {format:?}");
+            }
+        }
+        for url in ["type.googleapis.com/a..b", "type.googleapis.com/1x"] {
+            let mut state = sample();
+            state.resulting_state.as_mut().unwrap().type_url = url.into();
+            for _ in 0..2 {
+                assert!(matches!(
+                    StateRow::encode(state.clone(), RowFormat::Typed),
+                    Err(InvalidInput::InvalidTypeUrl { .. })
+                ));
+            }
+        }
+    }
+
+    #[test]
     fn go_store_rows_are_read() {
         let any = Any {
             type_url: "type.googleapis.com/acme.billing.AccountState".into(),

@@ -3,7 +3,7 @@
 use prost::Message;
 use prost_types::Any;
 
-use super::type_url::encode_any_in_place;
+use super::type_url::{encode_any_in_place, remember_validated, validated};
 use super::{
     ANY_MANIFEST, DurableState, MAX_MANIFEST_LEN, RowFormat, TOMBSTONE_MANIFEST, TYPE_URL_PREFIX,
     is_full_name, is_json_name, now_millis, type_name, validate_persistence_id,
@@ -66,18 +66,26 @@ impl StateRow {
             // payload anyway, and its name cannot be mistaken for a protobuf manifest.
             (any.type_url, any.value)
         } else {
-            let name = type_name(&any.type_url);
-            if !is_full_name(name) || any.type_url.len() > MAX_MANIFEST_LEN + TYPE_URL_PREFIX.len()
-            {
-                return Err(InvalidInput::InvalidTypeUrl {
-                    persistence_id,
-                    type_url: truncate(&any.type_url, 300),
-                });
-            }
-            let typed = format == RowFormat::Typed
-                && any.type_url.strip_prefix(TYPE_URL_PREFIX) == Some(name)
-                && name != ANY_MANIFEST;
-            if typed {
+            // A URL validated before on this thread is not split and checked again.
+            let plain = match validated(&any.type_url) {
+                Some(plain) => plain,
+                None => {
+                    let name = type_name(&any.type_url);
+                    if !is_full_name(name)
+                        || any.type_url.len() > MAX_MANIFEST_LEN + TYPE_URL_PREFIX.len()
+                    {
+                        return Err(InvalidInput::InvalidTypeUrl {
+                            persistence_id,
+                            type_url: truncate(&any.type_url, 300),
+                        });
+                    }
+                    let plain = any.type_url.strip_prefix(TYPE_URL_PREFIX) == Some(name)
+                        && name != ANY_MANIFEST;
+                    remember_validated(&any.type_url, plain);
+                    plain
+                }
+            };
+            if format == RowFormat::Typed && plain {
                 // The name is the URL's tail: moved to the front, not copied.
                 let mut manifest = any.type_url;
                 manifest.drain(..TYPE_URL_PREFIX.len());

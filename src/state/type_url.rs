@@ -17,6 +17,40 @@ thread_local! {
     static TYPE_URLS: RefCell<Vec<(usize, Box<str>)>> = const { RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// The protobuf type URLs this thread's writes have already validated, each with whether
+    /// it is exactly the prefix and a name other than `Any`'s (see [`validated`]). A program
+    /// writes a handful of state types; past [`MAX_VALIDATED`] a URL is validated each time.
+    static VALIDATED: RefCell<Vec<(Box<str>, bool)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How many validated type URLs a thread remembers.
+const MAX_VALIDATED: usize = 16;
+
+/// What a validation of `type_url` concluded before, on this thread: `None` if it did not
+/// run yet (or the URL was refused), else whether the URL is `prefix + name` with a name other
+/// than `Any`'s. A write then compares one string instead of splitting and checking the name.
+pub(super) fn validated(type_url: &str) -> Option<bool> {
+    VALIDATED
+        .try_with(|known| {
+            let known = known.borrow();
+            let found = known.iter().find(|(url, _)| &**url == type_url);
+            found.map(|(_, plain)| *plain)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Remembers that `type_url` passed validation (see [`validated`]).
+pub(super) fn remember_validated(type_url: &str, plain: bool) {
+    let _ = VALIDATED.try_with(|known| {
+        let mut known = known.borrow_mut();
+        if known.len() < MAX_VALIDATED {
+            known.push((type_url.into(), plain));
+        }
+    });
+}
+
 /// `type.googleapis.com/<M::full_name()>`, as Go's `anypb.New` writes it (prost's default
 /// `Name::type_url` is a bare `/name`).
 pub(super) fn type_url_of<M: Name>() -> String {
