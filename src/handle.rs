@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
-use tokio::sync::oneshot;
 
 use crate::config::{Checked, Config, PoolOwner};
 use crate::engine::Engine;
@@ -13,7 +12,7 @@ use crate::error::Error;
 use crate::feed::{ChangePage, Changes, Feed, Offset};
 use crate::messages::{Revision, WriteOutcome};
 use crate::pool::Connections;
-use crate::queue::{Admission, Reply};
+use crate::queue::{Admission, Answer, Reply};
 use crate::repository::Fence;
 use crate::repository::ReadReply;
 use crate::state::{DurableState, now_millis};
@@ -103,28 +102,24 @@ impl DurableStore {
         ask(|reply| self.engine.write(state, None, reply)).await
     }
 
-    /// Writes a state fenced by an ownership registration: committed only while `fence` is
-    /// still registered (see the registry's ownership).
-    pub(crate) async fn write_fenced(
+    /// Submits a write now (fenced by an ownership registration if `fence` is given: committed
+    /// only while it is still registered) and returns the wait for its answer.
+    pub(crate) fn submit_write(
         &self,
         state: DurableState,
-        fence: Fence,
-    ) -> Result<WriteOutcome, Error> {
-        ask(|reply| self.engine.write(state, Some(fence), reply)).await
+        fence: Option<Fence>,
+    ) -> Answer<WriteOutcome> {
+        Answer::submit(|reply| self.engine.write(state, fence, reply))
     }
 
-    /// Deletes fenced by an ownership registration, as [`DurableStore::write_fenced`] writes.
-    pub(crate) async fn delete_fenced(
+    /// Submits a delete now, as [`DurableStore::submit_write`] submits a write.
+    pub(crate) fn submit_delete(
         &self,
         persistence_id: String,
         version: u64,
-        fence: Fence,
-    ) -> Result<WriteOutcome, Error> {
-        ask(|reply| {
-            self.engine
-                .delete(persistence_id, version, Some(fence), reply)
-        })
-        .await
+        fence: Option<Fence>,
+    ) -> Answer<WriteOutcome> {
+        Answer::submit(|reply| self.engine.delete(persistence_id, version, fence, reply))
     }
 
     /// Reads the latest state of one entity: `None` when it has none or was deleted. See
@@ -307,14 +302,9 @@ impl DurableStore {
 }
 
 /// Submits a request with a fresh reply channel, waits for room in its queue if need be, then
-/// for the answer. An answer that never comes (the runtime shut the workers down) is
-/// [`Error::Interrupted`]: a write's outcome is then unknown.
+/// for the answer (see [`Answer`]).
 pub(crate) async fn ask<T>(submit: impl FnOnce(Reply<T>) -> Option<Admission>) -> Result<T, Error> {
-    let (reply, answer) = oneshot::channel();
-    if let Some(admission) = submit(Some(reply)) {
-        admission.await;
-    }
-    answer.await.unwrap_or(Err(Error::Interrupted))
+    Answer::submit(submit).await
 }
 
 fn feed_off() -> Error {

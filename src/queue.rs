@@ -13,6 +13,7 @@
 //! (see [`crate::repository`]).
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +22,7 @@ use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::Error;
-use crate::telemetry::Slot;
+use crate::telemetry::pending_requests;
 
 /// Where a request's answer goes: the caller's reply channel (actix hands its own to the store
 /// actor), or nowhere for a caller that does not wait (`do_send`).
@@ -49,8 +50,16 @@ pub(crate) trait Kind: Send + 'static {
     /// The bytes a request adds to a batch.
     fn bytes(input: &Self::Input) -> usize;
 
-    /// Called with each answer before it is sent, e.g. to record it.
-    fn answered(_input: &Self::Input, _result: &Result<Self::Output, Error>, _queued: Instant) {}
+    /// Called with each answer before it is sent, e.g. to record it: the request was queued
+    /// at `queued`, and is answered at `now` if the caller read the clock (a batch reads it
+    /// once for all its answers).
+    fn answered(
+        _input: &Self::Input,
+        _result: &Result<Self::Output, Error>,
+        _queued: Instant,
+        _now: Option<Instant>,
+    ) {
+    }
 }
 
 /// Where an answer goes.
@@ -76,7 +85,7 @@ pub(crate) struct Pending<K: Kind> {
     pub(crate) input: K::Input,
     reply: K::Reply,
     queued: Instant,
-    _slot: Slot,
+    _slot: Slot<K>,
 }
 
 impl<K: Kind> Pending<K> {
@@ -85,19 +94,83 @@ impl<K: Kind> Pending<K> {
             input,
             reply,
             queued: Instant::now(),
-            _slot: Slot::new(K::NAME),
+            _slot: Slot::new(),
         }
     }
 
     /// Answers the caller, if it still waits.
     pub(crate) fn answer(self, result: Result<K::Output, Error>) {
-        K::answered(&self.input, &result, self.queued);
+        K::answered(&self.input, &result, self.queued, None);
+        self.reply.respond(result);
+    }
+
+    /// Answers the caller as [`Pending::answer`] does, at `now`: a batch reads the clock once
+    /// for all its answers.
+    pub(crate) fn answer_at(self, result: Result<K::Output, Error>, now: Instant) {
+        K::answered(&self.input, &result, self.queued, Some(now));
         self.reply.respond(result);
     }
 
     /// True when the caller stopped waiting for the answer: the request need not be sent.
     fn abandoned(&self) -> bool {
         self.reply.is_closed()
+    }
+}
+
+/// One admitted request of kind `K`, counted in the `durablestore_pending_requests` gauge
+/// (label `kind`) for as long as it is alive (queued, in a batch, or waiting for room): the
+/// memory the store holds for callers. Takes no room in the request.
+struct Slot<K: Kind>(PhantomData<fn() -> K>);
+
+impl<K: Kind> Slot<K> {
+    fn new() -> Self {
+        pending_requests(K::NAME).increment(1.0);
+        Slot(PhantomData)
+    }
+}
+
+impl<K: Kind> Drop for Slot<K> {
+    fn drop(&mut self) {
+        pending_requests(K::NAME).decrement(1.0);
+    }
+}
+
+/// The waiting end of a submitted request: its admission into a full queue first, then its
+/// answer. A small future that owns nothing else, for callers that submit at once and wait
+/// later (an entity's write). An answer that never comes (the runtime shut the workers down)
+/// is [`Error::Interrupted`]: a write's outcome is then unknown.
+pub(crate) struct Answer<T> {
+    admission: Option<Admission>,
+    answer: oneshot::Receiver<Result<T, Error>>,
+}
+
+impl<T> Answer<T> {
+    /// Submits a request with a fresh reply channel now.
+    pub(crate) fn submit(submit: impl FnOnce(Reply<T>) -> Option<Admission>) -> Self {
+        let (reply, answer) = oneshot::channel();
+        Answer {
+            admission: submit(Some(reply)),
+            answer,
+        }
+    }
+}
+
+impl<T> Future for Answer<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // Both fields are `Unpin`.
+        let this = self.get_mut();
+        if let Some(admission) = &mut this.admission {
+            std::task::ready!(admission.as_mut().poll(cx));
+            this.admission = None;
+        }
+        Pin::new(&mut this.answer)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(Error::Interrupted)))
     }
 }
 

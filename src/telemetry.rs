@@ -62,26 +62,8 @@ pub(crate) async fn instrumented<T: Outcome>(
     result
 }
 
-/// One admitted request, counted in the `durablestore_pending_requests` gauge (label `kind`)
-/// for as long as it is alive (queued, in a batch, or waiting for room): the memory the store
-/// holds for callers.
-pub(crate) struct Slot(&'static str);
-
-impl Slot {
-    pub(crate) fn new(kind: &'static str) -> Self {
-        pending_requests(kind).increment(1.0);
-        Slot(kind)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        pending_requests(self.0).decrement(1.0);
-    }
-}
-
 /// The gauge of one kind. Literal labels make a static key: no allocation per request.
-fn pending_requests(kind: &'static str) -> metrics::Gauge {
+pub(crate) fn pending_requests(kind: &'static str) -> metrics::Gauge {
     match kind {
         "write" => metrics::gauge!("durablestore_pending_requests", "kind" => "write"),
         "read" => metrics::gauge!("durablestore_pending_requests", "kind" => "read"),

@@ -19,12 +19,14 @@ use crate::state::DurableState;
 const CONFLICT_RETRIES_METRIC: &str = "durablestore_entity_conflict_retries_total";
 
 impl<B: DurableStateBehavior> DurableEntity<B> {
-    /// Recovers the state if needed, then decides `command` (try number `tried`).
+    /// Recovers the state if needed, then decides `command` (try number `tried`). The usual
+    /// command (recovered already, decided at once) allocates nothing here: the future is a
+    /// concrete type, which the context's one box for the command holds.
     pub(super) fn run_command<C>(
         &mut self,
         command: C,
         tried: u32,
-    ) -> ResponseActFuture<Self, Result<B::Reply, CommandError<B::Error>>>
+    ) -> impl ActorFuture<Self, Output = Result<B::Reply, CommandError<B::Error>>> + use<B, C>
     where
         B: HandleCommandAsync<C>,
         C: Clone + 'static,
@@ -32,44 +34,45 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         // An owned entity decides only while its id is this replica's.
         if let Some(owned) = &mut self.owned {
             if let Some(refusal) = owned.check(self.behavior.persistence_id()) {
-                return Box::pin(fut::ready(Err(refusal.command_error())));
+                return Either::Left(Box::pin(fut::ready(Err(refusal.command_error())))
+                    as ResponseActFuture<Self, _>);
             }
         }
-        // The usual case, recovered already, goes straight to the decision: no future is
-        // built (nor allocated) for a recovery that has nothing to do.
         if self.current.is_some() {
-            return self.decide(command, tried);
+            return Either::Right(self.decide(command, tried));
         }
-        Box::pin(
+        // Recovery: once per incarnation, boxed so that it does not enlarge every command.
+        Either::Left(Box::pin(
             self.ensure_recovered()
                 .then(move |recovered, entity, _ctx| match recovered {
-                    Ok(()) => entity.decide(command, tried),
+                    Ok(()) => Either::Left(entity.decide(command, tried)),
                     Err(error) => {
                         let refused = entity.owned.as_ref().and_then(|o| o.refused.clone());
                         let answer = match refused {
                             Some(refusal) => refusal.command_error(),
                             None => CommandError::Recovery(error),
                         };
-                        Box::pin(fut::ready(Err(answer)))
+                        Either::Right(fut::ready(Err(answer)))
                     }
                 }),
-        )
+        ) as ResponseActFuture<Self, _>)
     }
 
     /// Runs the behavior on `command` against the recovered state, then persists its effect.
     /// A decision whose write conflicted is made again on the reloaded state, as the
-    /// [`ConflictPolicy`] allows.
+    /// [`ConflictPolicy`] allows. A behavior that decides at once (every `HandleCommand`) runs
+    /// here; only an asynchronous decision is a future of its own, boxed.
     fn decide<C>(
         &mut self,
         command: C,
         tried: u32,
-    ) -> ResponseActFuture<Self, Result<B::Reply, CommandError<B::Error>>>
+    ) -> impl ActorFuture<Self, Output = Result<B::Reply, CommandError<B::Error>>> + use<B, C>
     where
         B: HandleCommandAsync<C>,
         C: Clone + 'static,
     {
         let Some((state, version)) = &self.current else {
-            return Box::pin(fut::ready(Err(CommandError::Recovery(Error::NotConnected))));
+            return Either::Left(fut::ready(Err(CommandError::Recovery(Error::NotConnected))));
         };
         let version = *version;
         // Kept only while another decision is allowed.
@@ -77,34 +80,38 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
         // Deciding again reads the stored state after the pause, right before the decision,
         // so that the pause does not make it stale; the last decision reloads at once.
         let reload = again.is_none();
-        let decision = self.behavior.handle_command_async(command, state, version);
-        // One allocation for the whole decision: only deciding again boxes another.
-        Box::pin(
-            decision
-                .into_actor(self)
-                .then(move |decided, entity, _| entity.persist(decided, version, reload))
-                .then(move |persisted, entity, _| match (persisted, again) {
-                    (Err(CommandError::Conflict(conflict)), Some(command)) => {
-                        let pause = entity.conflicts.backoff(tried, fastrand::f64());
-                        tracing::debug!(
-                            persistence_id = entity.behavior.persistence_id(),
-                            error = %conflict,
-                            tried,
-                            ?pause,
-                            "durable entity write conflicted; deciding again on the stored state"
-                        );
-                        metrics::counter!(CONFLICT_RETRIES_METRIC).increment(1);
-                        if let Some(counter) = &entity.conflict_retries {
-                            counter.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Either::Right(
-                            tokio::time::sleep(pause)
-                                .into_actor(entity)
-                                .then(move |(), entity, _| entity.run_command(command, tried + 1)),
-                        )
+        let persisted = match self.behavior.decide_at_once(command, state, version) {
+            Ok(decided) => Either::Left(self.persist(decided, version, reload)),
+            Err(command) => Either::Right(Box::pin(
+                self.behavior
+                    .handle_command_async(command, state, version)
+                    .into_actor(self)
+                    .then(move |decided, entity, _| entity.persist(decided, version, reload)),
+            ) as ResponseActFuture<Self, _>),
+        };
+        Either::Right(
+            persisted.then(move |persisted, entity, _| match (persisted, again) {
+                (Err(CommandError::Conflict(conflict)), Some(command)) => {
+                    let pause = entity.conflicts.backoff(tried, fastrand::f64());
+                    tracing::debug!(
+                        persistence_id = entity.behavior.persistence_id(),
+                        error = %conflict,
+                        tried,
+                        ?pause,
+                        "durable entity write conflicted; deciding again on the stored state"
+                    );
+                    metrics::counter!(CONFLICT_RETRIES_METRIC).increment(1);
+                    if let Some(counter) = &entity.conflict_retries {
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
-                    (persisted, _) => Either::Left(fut::ready(persisted)),
-                }),
+                    Either::Right(Box::pin(
+                        tokio::time::sleep(pause)
+                            .into_actor(entity)
+                            .then(move |(), entity, _| entity.run_command(command, tried + 1)),
+                    ) as ResponseActFuture<Self, _>)
+                }
+                (persisted, _) => Either::Left(fut::ready(persisted)),
+            }),
         )
     }
 
@@ -150,12 +157,10 @@ impl<B: DurableStateBehavior> DurableEntity<B> {
                 }
             },
         };
-        let store = self.store.clone();
-        let write = async move {
-            match change {
-                Change::Write(durable) => store.write_fenced(durable, fence).await,
-                Change::Delete(id) => store.delete_fenced(id, next, fence).await,
-            }
+        // Submitted now: what waits in the command's future is only the answer.
+        let write = match change {
+            Change::Write(durable) => Either::Left(self.store.write_now(durable, fence)),
+            Change::Delete(id) => Either::Right(self.store.delete_now(id, next, fence)),
         };
         Either::Right(write.into_actor(self).then(move |stored, entity, _| {
             let conflict = match stored {

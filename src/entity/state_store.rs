@@ -1,10 +1,13 @@
 //! [`StateStore`]: where an entity reads and writes its state.
 
 use std::fmt;
+use std::future::{Future, ready};
 use std::sync::Arc;
 
 use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, Handler, Recipient};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 
 use crate::error::Error;
 use crate::handle::DurableStore;
@@ -90,33 +93,46 @@ impl StateStore {
         }
     }
 
-    /// Writes a state fenced by an ownership registration (`None`: as [`StateStore::write`]). Only a
-    /// [`DurableStore`] handle can fence; a registry with ownership refuses any other store.
-    pub(crate) async fn write_fenced(
+    /// Submits a write now, fenced by an ownership registration if `fence` is given, and
+    /// returns the wait for its answer: a small future, which holds neither the state nor the
+    /// store. Only a [`DurableStore`] handle can fence; a registry with ownership refuses any
+    /// other store.
+    pub(crate) fn write_now(
         &self,
         state: DurableState,
         fence: Option<Fence>,
-    ) -> Result<WriteOutcome, Error> {
+    ) -> impl Future<Output = Result<WriteOutcome, Error>> + 'static + use<> {
         match (&self.0, fence) {
-            (_, None) => self.write(state).await,
-            (Route::Direct(store), Some(fence)) => store.write_fenced(state, fence).await,
-            (Route::Mailbox(_), Some(_)) => Err(no_fence()),
+            (Route::Direct(store), fence) => Either::Left(store.submit_write(state, fence)),
+            (Route::Mailbox(to), None) => Either::Right(Either::Left(
+                to.write
+                    .send(WriteState(state))
+                    .map(|sent| sent.unwrap_or(Err(Error::Interrupted))),
+            )),
+            (Route::Mailbox(_), Some(_)) => Either::Right(Either::Right(ready(Err(no_fence())))),
         }
     }
 
-    /// Deletes fenced by an ownership registration, as [`StateStore::write_fenced`] writes.
-    pub(crate) async fn delete_fenced(
+    /// Submits a delete now, as [`StateStore::write_now`] submits a write.
+    pub(crate) fn delete_now(
         &self,
         persistence_id: String,
         version: u64,
         fence: Option<Fence>,
-    ) -> Result<WriteOutcome, Error> {
+    ) -> impl Future<Output = Result<WriteOutcome, Error>> + 'static + use<> {
         match (&self.0, fence) {
-            (_, None) => self.delete(persistence_id, version).await,
-            (Route::Direct(store), Some(fence)) => {
-                store.delete_fenced(persistence_id, version, fence).await
+            (Route::Direct(store), fence) => {
+                Either::Left(store.submit_delete(persistence_id, version, fence))
             }
-            (Route::Mailbox(_), Some(_)) => Err(no_fence()),
+            (Route::Mailbox(to), None) => Either::Right(Either::Left(
+                to.delete
+                    .send(DeleteState {
+                        persistence_id,
+                        version,
+                    })
+                    .map(|sent| sent.unwrap_or(Err(Error::Interrupted))),
+            )),
+            (Route::Mailbox(_), Some(_)) => Either::Right(Either::Right(ready(Err(no_fence())))),
         }
     }
 

@@ -16,7 +16,7 @@
 //!   [`Error::Suppressed`].
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
@@ -98,8 +98,9 @@ impl Repository {
                 if failed.is_none() {
                     failed = client.abandoned_error();
                 }
+                let now = Instant::now();
                 for (pending, outcome) in part.into_iter().zip(outcomes) {
-                    pending.answer(outcome);
+                    pending.answer_at(outcome, now);
                 }
             }
         }
