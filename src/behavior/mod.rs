@@ -309,7 +309,7 @@ pub trait HandleCommandAsync<C>: DurableStateBehavior {
     /// [`HandleCommand`] decides at once (the entity then runs its decision with no future of
     /// its own); keep the default for an asynchronous decision.
     #[doc(hidden)]
-    // The decision or the command, spelled out: an alias would hide what the method returns.
+    // A decision, or the command given back: clippy counts the nesting, not its meaning.
     #[allow(clippy::type_complexity)]
     fn decide_at_once(
         &mut self,

@@ -83,14 +83,7 @@ impl StateStore {
     /// Writes a state. A store actor that stopped before answering reads as
     /// [`Error::Interrupted`]: the write may or may not have been applied.
     pub async fn write(&self, state: DurableState) -> Result<WriteOutcome, Error> {
-        match &self.0 {
-            Route::Direct(store) => store.write(state).await,
-            Route::Mailbox(to) => to
-                .write
-                .send(WriteState(state))
-                .await
-                .unwrap_or(Err(Error::Interrupted)),
-        }
+        self.write_now(state, None).await
     }
 
     /// Submits a write now, fenced by an ownership registration if `fence` is given, and
@@ -150,17 +143,7 @@ impl StateStore {
         persistence_id: String,
         version: u64,
     ) -> Result<WriteOutcome, Error> {
-        match &self.0 {
-            Route::Direct(store) => store.delete(persistence_id, version).await,
-            Route::Mailbox(to) => to
-                .delete
-                .send(DeleteState {
-                    persistence_id,
-                    version,
-                })
-                .await
-                .unwrap_or(Err(Error::Interrupted)),
-        }
+        self.delete_now(persistence_id, version, None).await
     }
 
     /// Reads the stored version and state; a store actor that is gone reads as

@@ -13,8 +13,8 @@ type EncodeError = Box<dyn StdError + Sync + Send>;
 pub(super) trait Element: std::fmt::Debug + Sync {
     /// The array type the column is bound as.
     const ARRAY: Type;
-    /// The element type's oid, written in the array's header.
-    const OID: u32;
+    /// The type of its elements, whose oid the array's header carries.
+    const ELEMENT: Type;
     /// The bytes of the element's binary encoding.
     fn encoded_len(&self) -> usize;
     /// Writes the element's binary encoding (without its length).
@@ -23,7 +23,7 @@ pub(super) trait Element: std::fmt::Debug + Sync {
 
 impl Element for &str {
     const ARRAY: Type = Type::TEXT_ARRAY;
-    const OID: u32 = 25;
+    const ELEMENT: Type = Type::TEXT;
     fn encoded_len(&self) -> usize {
         self.len()
     }
@@ -34,7 +34,7 @@ impl Element for &str {
 
 impl Element for &[u8] {
     const ARRAY: Type = Type::BYTEA_ARRAY;
-    const OID: u32 = 17;
+    const ELEMENT: Type = Type::BYTEA;
     fn encoded_len(&self) -> usize {
         self.len()
     }
@@ -45,7 +45,7 @@ impl Element for &[u8] {
 
 impl Element for i64 {
     const ARRAY: Type = Type::INT8_ARRAY;
-    const OID: u32 = 20;
+    const ELEMENT: Type = Type::INT8;
     fn encoded_len(&self) -> usize {
         8
     }
@@ -74,7 +74,7 @@ impl<T: Element> ToSql for Column<T> {
         out.reserve(bytes);
         out.put_i32(1);
         out.put_i32(0);
-        out.put_u32(T::OID);
+        out.put_u32(T::ELEMENT.oid());
         out.put_i32(count);
         out.put_i32(1);
         for element in &self.0 {

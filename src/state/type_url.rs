@@ -15,9 +15,7 @@ thread_local! {
     /// `full_name`: `Name::full_name` formats a fresh string on every call. A program has a
     /// handful of state types: a list, searched without hashing.
     static TYPE_URLS: RefCell<Vec<(usize, Box<str>)>> = const { RefCell::new(Vec::new()) };
-}
 
-thread_local! {
     /// The protobuf type URLs this thread's writes have already validated, each with whether
     /// it is exactly the prefix and a name other than `Any`'s (see [`validated`]). A program
     /// writes a handful of state types; past [`MAX_VALIDATED`] a URL is validated each time.
