@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::{Message, Recipient};
+use futures_util::FutureExt;
 
 pub use self::builder::RegistryBuilder;
 pub use self::ownership::Ownership;
@@ -212,13 +213,12 @@ where
         B::Error: Send,
         C: Message<Result = Result<B::Reply, CommandError<B::Error>>> + Clone + Send + 'static,
     {
+        // Mapped, not an `async` block: that would hold the reply's future twice.
         let routed = self.shared.route(id, move |entity| entity.send(command));
-        async move {
-            match routed.reply().await {
-                Ok(reply) => reply,
-                Err(undelivered) => Err(undelivered.into()),
-            }
-        }
+        routed.reply().map(|reply| match reply {
+            Ok(reply) => reply,
+            Err(undelivered) => Err(undelivered.into()),
+        })
     }
 
     /// The current state and version of the entity `id` (0 before its first persisted state),
@@ -235,17 +235,15 @@ where
         let routed = self
             .shared
             .route(id, |entity| entity.send(GetState::<B::State>::new()));
-        async move {
-            match routed.reply().await {
-                Ok(Ok(current)) => Ok(current),
-                Ok(Err(Error::NotOwner {
-                    owner: Some(owner), ..
-                })) => Err(CommandError::OwnedElsewhere { owner }),
-                Ok(Err(Error::LeaseLost { .. })) => Err(CommandError::LeaseLost),
-                Ok(Err(error)) => Err(CommandError::Recovery(error)),
-                Err(undelivered) => Err(undelivered.into()),
-            }
-        }
+        routed.reply().map(|reply| match reply {
+            Ok(Ok(current)) => Ok(current),
+            Ok(Err(Error::NotOwner {
+                owner: Some(owner), ..
+            })) => Err(CommandError::OwnedElsewhere { owner }),
+            Ok(Err(Error::LeaseLost { .. })) => Err(CommandError::LeaseLost),
+            Ok(Err(error)) => Err(CommandError::Recovery(error)),
+            Err(undelivered) => Err(undelivered.into()),
+        })
     }
 
     /// Passivates the entity `id` now if it is live: it answers the commands it already holds,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix::dev::channel;
 use actix::{Addr, ArbiterHandle, Context, MailboxError};
+use futures_util::future::{Either, FutureExt, TryFutureExt, ready};
 use tokio::sync::{Notify, oneshot};
 
 use super::Factory;
@@ -346,17 +347,23 @@ impl<R, T> Routed<R>
 where
     R: Future<Output = Result<T, MailboxError>>,
 {
-    /// The entity's reply, or why there is none.
-    pub(super) async fn reply(self) -> Result<T, Undelivered> {
-        let request = match self {
-            Routed::Now(request) => request,
-            // A dropped waiter means the registry stopped before the entity restarted.
-            Routed::Later(queued) => queued.await.map_err(|_| Undelivered::Stopped)?,
-            Routed::Refused(why) => return Err(why),
-        };
+    /// The entity's reply, or why there is none. A future of combinators rather than an
+    /// `async fn`, which would hold the request twice (as `self` and as what it awaits): each
+    /// command's future is moved at least once, and a request carries actix's own timer.
+    pub(super) fn reply(self) -> impl Future<Output = Result<T, Undelivered>> {
         // Commands are never queued behind `Passivate`, so a closed mailbox means the actor
         // died with the command (its arbiter stopped): it may have been applied.
-        request.await.map_err(|_| Undelivered::Interrupted)
+        let answered = |reply: Result<T, MailboxError>| reply.map_err(|_| Undelivered::Interrupted);
+        match self {
+            Routed::Now(request) => Either::Left(request.map(answered)),
+            Routed::Later(queued) => Either::Right(Either::Left(
+                // A dropped waiter means the registry stopped before the entity restarted.
+                queued
+                    .map_err(|_| Undelivered::Stopped)
+                    .and_then(move |request| request.map(answered)),
+            )),
+            Routed::Refused(why) => Either::Right(Either::Right(ready(Err(why)))),
+        }
     }
 }
 
