@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! cargo run --release --example entity_cost -- --entities 100 --commands 50
+//! cargo run --release --example entity_cost -- --entities 100 --commands 50 --recorder
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -65,6 +66,10 @@ struct Args {
     /// Which routes to measure: `handle`, `actor` or `both`.
     #[arg(long, default_value = "both")]
     route: String,
+    /// Install a metrics recorder first (`metrics-util`'s `DebuggingRecorder`, whose registry
+    /// is the kind exporters keep), as a service that exports its metrics runs.
+    #[arg(long)]
+    recorder: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -167,6 +172,9 @@ async fn measure(
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if args.recorder {
+        metrics_util::debugging::DebuggingRecorder::new().install()?;
+    }
     let db = TestDatabase::new().await?;
     let config = db.config().ssl_mode(SslMode::Disable);
     let handle = DurableStore::new(config.clone())?;

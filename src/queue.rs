@@ -51,15 +51,9 @@ pub(crate) trait Kind: Send + 'static {
     fn bytes(input: &Self::Input) -> usize;
 
     /// Called with each answer before it is sent, e.g. to record it: the request was queued
-    /// at `queued`, and is answered at `now` if the caller read the clock (a batch reads it
-    /// once for all its answers).
-    fn answered(
-        _input: &Self::Input,
-        _result: &Result<Self::Output, Error>,
-        _queued: Instant,
-        _now: Option<Instant>,
-    ) {
-    }
+    /// at `queued`. A batch may record its answers itself instead, looking its metrics up
+    /// once ([`Pending::answer_recorded`]).
+    fn answered(_input: &Self::Input, _result: &Result<Self::Output, Error>, _queued: Instant) {}
 }
 
 /// Where an answer goes.
@@ -100,15 +94,19 @@ impl<K: Kind> Pending<K> {
 
     /// Answers the caller, if it still waits.
     pub(crate) fn answer(self, result: Result<K::Output, Error>) {
-        K::answered(&self.input, &result, self.queued, None);
+        K::answered(&self.input, &result, self.queued);
         self.reply.respond(result);
     }
 
-    /// Answers the caller as [`Pending::answer`] does, at `now`: a batch reads the clock once
-    /// for all its answers.
-    pub(crate) fn answer_at(self, result: Result<K::Output, Error>, now: Instant) {
-        K::answered(&self.input, &result, self.queued, Some(now));
+    /// Answers the caller as [`Pending::answer`] does, without [`Kind::answered`]: the batch
+    /// recorded this answer itself.
+    pub(crate) fn answer_recorded(self, result: Result<K::Output, Error>) {
         self.reply.respond(result);
+    }
+
+    /// When the request was admitted.
+    pub(crate) fn queued(&self) -> Instant {
+        self.queued
     }
 
     /// True when the caller stopped waiting for the answer: the request need not be sent.
@@ -119,19 +117,21 @@ impl<K: Kind> Pending<K> {
 
 /// One admitted request of kind `K`, counted in the `durablestore_pending_requests` gauge
 /// (label `kind`) for as long as it is alive (queued, in a batch, or waiting for room): the
-/// memory the store holds for callers. Takes no room in the request.
-struct Slot<K: Kind>(PhantomData<fn() -> K>);
+/// memory the store holds for callers. The gauge is looked up once, at admission: its
+/// decrement then goes where its increment went, and costs no second lookup.
+struct Slot<K: Kind>(metrics::Gauge, PhantomData<fn() -> K>);
 
 impl<K: Kind> Slot<K> {
     fn new() -> Self {
-        pending_requests(K::NAME).increment(1.0);
-        Slot(PhantomData)
+        let gauge = pending_requests(K::NAME);
+        gauge.increment(1.0);
+        Slot(gauge, PhantomData)
     }
 }
 
 impl<K: Kind> Drop for Slot<K> {
     fn drop(&mut self) {
-        pending_requests(K::NAME).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 

@@ -23,7 +23,7 @@ use crate::pool::{Connections, PooledClient};
 use crate::queue::{Kind, Pending, Reply, Respond};
 use crate::sql::{OwnershipSql, Sql, Stmt};
 use crate::state::{DurableState, StateRow};
-use crate::telemetry::{count_write, outcome_name};
+use crate::telemetry::{WriteMeter, outcome_name};
 
 mod citus;
 mod columns;
@@ -51,18 +51,23 @@ impl Kind for Write {
         write.row.state_payload.len() + write.row.persistence_id.len()
     }
 
-    fn answered(
+    fn answered(write: &WriteRow, outcome: &Result<WriteOutcome, Error>, queued: Instant) {
+        Write::record(&WriteMeter::now(), write, outcome, queued);
+    }
+}
+
+impl Write {
+    /// Records and traces one answered write (queued at `queued`) with `meter`: a batch looks
+    /// its metrics up once for all its answers.
+    pub(super) fn record(
+        meter: &WriteMeter,
         write: &WriteRow,
         outcome: &Result<WriteOutcome, Error>,
         queued: Instant,
-        now: Option<Instant>,
     ) {
         let row = &write.row;
         let name = outcome_name(outcome);
-        count_write(name);
-        let now = now.unwrap_or_else(Instant::now);
-        metrics::histogram!("durablestore_write_seconds")
-            .record(now.saturating_duration_since(queued));
+        meter.record(name, queued);
         match outcome {
             Ok(_) => tracing::debug!(
                 persistence_id = %row.persistence_id,

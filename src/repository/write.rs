@@ -16,7 +16,7 @@
 //!   [`Error::Suppressed`].
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
@@ -30,6 +30,7 @@ use crate::pool::PooledClient;
 use crate::queue::Pending;
 use crate::sql::{MAX_VALUES_ROWS, Stmt};
 use crate::state::StateRow;
+use crate::telemetry::WriteMeter;
 use crate::version::{self, Verdict};
 
 /// How many times a statement that failed with a deadlock or a serialization failure is sent
@@ -98,9 +99,11 @@ impl Repository {
                 if failed.is_none() {
                     failed = client.abandoned_error();
                 }
-                let now = Instant::now();
+                // Metrics looked up and the clock read once for the part's answers.
+                let meter = WriteMeter::now();
                 for (pending, outcome) in part.into_iter().zip(outcomes) {
-                    pending.answer_at(outcome, now);
+                    Write::record(&meter, &pending.input, &outcome, pending.queued());
+                    pending.answer_recorded(outcome);
                 }
             }
         }
