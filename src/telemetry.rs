@@ -87,8 +87,8 @@ pub(crate) fn count_write(outcome: &'static str) {
 }
 
 /// The metrics of answered writes, looked up once for a batch's answers, with one clock read:
-/// with a recorder installed, every lookup hashes its key under the recorder's lock, which per
-/// write would cost more than the rest of its answer.
+/// with a recorder installed, every lookup hashes its key and locks a shard of the recorder's
+/// registry, which per write cost more than the rest of its answer (BENCHMARKS.md).
 pub(crate) struct WriteMeter {
     now: Instant,
     seconds: metrics::Histogram,

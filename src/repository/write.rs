@@ -99,12 +99,7 @@ impl Repository {
                 if failed.is_none() {
                     failed = client.abandoned_error();
                 }
-                // Metrics looked up and the clock read once for the part's answers.
-                let meter = WriteMeter::now();
-                for (pending, outcome) in part.into_iter().zip(outcomes) {
-                    Write::record(&meter, &pending.input, &outcome, pending.queued());
-                    pending.answer_recorded(outcome);
-                }
+                answer_each(part.into_iter().zip(outcomes));
             }
         }
     }
@@ -289,10 +284,22 @@ impl Repository {
     }
 }
 
-fn answer_all(batch: Vec<Pending<Write>>, error: &Error) {
-    for pending in batch {
-        pending.answer(Err(error.clone()));
+/// Answers each write with its outcome, the metrics looked up and the clock read once for
+/// them all.
+fn answer_each(answers: impl IntoIterator<Item = (Pending<Write>, Result<WriteOutcome, Error>)>) {
+    let meter = WriteMeter::now();
+    for (pending, outcome) in answers {
+        Write::record(&meter, &pending.input, &outcome, pending.queued());
+        pending.answer_recorded(outcome);
     }
+}
+
+fn answer_all(batch: Vec<Pending<Write>>, error: &Error) {
+    answer_each(
+        batch
+            .into_iter()
+            .map(|pending| (pending, Err(error.clone()))),
+    );
 }
 
 /// Splits a batch into rounds in which each id appears once, keeping each id's arrival order:
